@@ -1,0 +1,87 @@
+"""trio_s6tls: skarnet's s6-networking TLS tools, reimplemented on Trio, and
+the same engine as an async library.
+
+Public names are re-exported flat from private modules. They load lazily so
+that the programs' ``--help``, ``--version`` and usage errors never pay for
+importing trio or ssl.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+_EXPORTS = {
+    "Fatal": "_errors",
+    "UsageError": "_errors",
+    "EXIT_OK": "_errors",
+    "EXIT_CONFIG": "_errors",
+    "EXIT_ENGINE": "_errors",
+    "EXIT_TLS": "_errors",
+    "EXIT_USAGE": "_errors",
+    "EXIT_SYSTEM": "_errors",
+    "Log": "_log",
+    "TLSOptions": "_tlsconfig",
+    "client_context": "_tlsconfig",
+    "server_context": "_tlsconfig",
+    "parse_identity": "_tlsconfig",
+    "drop_privileges": "_tlsconfig",
+    "is_tls_variable": "_tlsconfig",
+    "SSL_VARIABLES": "_handshake_info",
+    "handshake_variables": "_handshake_info",
+    "encode_notification": "_handshake_info",
+    "decode_notification": "_handshake_info",
+    "apply_variables": "_handshake_info",
+    "FdPairStream": "_fdstreams",
+    "fd_stream": "_fdstreams",
+    "TLSTransport": "_engine",
+    "run_engine": "_engine",
+    "tls_over": "_engine",
+    "network_from_fds": "_engine",
+}
+
+if TYPE_CHECKING:
+    from ._engine import TLSTransport as TLSTransport
+    from ._engine import network_from_fds as network_from_fds
+    from ._engine import run_engine as run_engine
+    from ._engine import tls_over as tls_over
+    from ._errors import EXIT_CONFIG as EXIT_CONFIG
+    from ._errors import EXIT_ENGINE as EXIT_ENGINE
+    from ._errors import EXIT_OK as EXIT_OK
+    from ._errors import EXIT_SYSTEM as EXIT_SYSTEM
+    from ._errors import EXIT_TLS as EXIT_TLS
+    from ._errors import EXIT_USAGE as EXIT_USAGE
+    from ._errors import Fatal as Fatal
+    from ._errors import UsageError as UsageError
+    from ._fdstreams import FdPairStream as FdPairStream
+    from ._fdstreams import fd_stream as fd_stream
+    from ._handshake_info import SSL_VARIABLES as SSL_VARIABLES
+    from ._handshake_info import apply_variables as apply_variables
+    from ._handshake_info import decode_notification as decode_notification
+    from ._handshake_info import encode_notification as encode_notification
+    from ._handshake_info import handshake_variables as handshake_variables
+    from ._log import Log as Log
+    from ._tlsconfig import TLSOptions as TLSOptions
+    from ._tlsconfig import client_context as client_context
+    from ._tlsconfig import drop_privileges as drop_privileges
+    from ._tlsconfig import is_tls_variable as is_tls_variable
+    from ._tlsconfig import parse_identity as parse_identity
+    from ._tlsconfig import server_context as server_context
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trio_s6tls' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"trio_s6tls.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*_EXPORTS, "__version__"])
+
+
+__all__ = sorted([*_EXPORTS, "__version__"])

@@ -1,0 +1,144 @@
+"""Command-line plumbing shared by every program: getopt-style parsing,
+``--help``/``--version``, and the single place where a :class:`Fatal`
+becomes ``PROG: fatal: ...`` and an exit code.
+
+Import-light on purpose (no trio, no ssl): ``--help``, ``--version`` and
+usage errors must answer fast.
+"""
+
+from __future__ import annotations
+
+import getopt
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import EXIT_SYSTEM, EXIT_USAGE, Fatal, UsageError
+from ._log import Log
+from ._version import __version__
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option: ``-x``/``--long``, stored in ``dest``.
+
+    Without ``parse`` the option is a flag that stores ``value``; with it the
+    option takes an argument, converted by ``parse`` (ValueError → usage).
+    """
+
+    short: str
+    long: str | None
+    dest: str
+    value: Any = True
+    parse: Callable[[str], Any] | None = None
+
+
+def uint(text: str) -> int:
+    """A non-negative decimal integer, as s6 tools accept it."""
+    if not text.isdigit():
+        raise ValueError(f"not a non-negative integer: {text!r}")
+    return int(text)
+
+
+@dataclass
+class Parsed:
+    values: dict[str, Any] = field(default_factory=dict)
+    operands: list[str] = field(default_factory=list)
+    help: bool = False
+    version: bool = False
+
+
+def parse_options(argv: Sequence[str], options: Sequence[Opt]) -> Parsed:
+    """POSIX getopt: stop at the first operand or ``--``; later options win."""
+    shortspec = "".join(o.short + (":" if o.parse else "") for o in options if o.short)
+    longspec = ["help", "version"] + [
+        o.long + ("=" if o.parse else "") for o in options if o.long
+    ]
+    try:
+        pairs, operands = getopt.getopt(list(argv), shortspec, longspec)
+    except getopt.GetoptError as error:
+        raise UsageError(str(error)) from None
+    by_flag = {f"-{o.short}": o for o in options if o.short}
+    by_flag.update({f"--{o.long}": o for o in options if o.long})
+    parsed = Parsed(operands=operands)
+    for flag, argument in pairs:
+        if flag == "--help":
+            parsed.help = True
+            continue
+        if flag == "--version":
+            parsed.version = True
+            continue
+        opt = by_flag[flag]
+        if opt.parse is None:
+            parsed.values[opt.dest] = opt.value
+            continue
+        try:
+            parsed.values[opt.dest] = opt.parse(argument)
+        except ValueError:
+            raise UsageError(f"invalid argument for {flag}: {argument!r}") from None
+    return parsed
+
+
+class Program:
+    """A program's identity: its name, usage line and ``--help`` text."""
+
+    def __init__(self, name: str, usage: str, description: str) -> None:
+        self.name = name
+        self.usage = usage
+        self.description = description.strip("\n")
+
+    def help_text(self) -> str:
+        return f"usage: {self.usage}\n\n{self.description}\n"
+
+    def report(self, error: Fatal, log: Log | None = None) -> int:
+        log = log or Log(self.name)
+        if isinstance(error, UsageError):
+            detail = f" ({error.message})" if error.message else ""
+            log.usage(f"{self.usage}{detail}")
+        else:
+            log.fatal(error.message)
+        return error.exit_code
+
+    def main(
+        self,
+        argv: Sequence[str] | None,
+        options: Sequence[Opt],
+        run: Callable[[Parsed], int],
+    ) -> int:
+        """Parse ``argv`` and call ``run``; turn every expected failure into
+        the one-line message and exit code of SPEC.md."""
+        args = sys.argv[1:] if argv is None else list(argv)
+        try:
+            parsed = parse_options(args, options)
+            if parsed.help:
+                sys.stdout.write(self.help_text())
+                return 0
+            if parsed.version:
+                sys.stdout.write(f"{self.name} (trio_s6tls) {__version__}\n")
+                return 0
+            return run(parsed)
+        except Fatal as error:
+            return self.report(error)
+        except KeyboardInterrupt:
+            return 130
+        except OSError as error:
+            return self.report(Fatal(EXIT_SYSTEM, str(error)))
+
+
+def fd_operand(text: str) -> int:
+    try:
+        return uint(text)
+    except ValueError:
+        raise UsageError(f"not a file descriptor: {text!r}") from None
+
+
+__all__ = [
+    "EXIT_USAGE",
+    "Opt",
+    "Parsed",
+    "Program",
+    "fd_operand",
+    "parse_options",
+    "uint",
+]

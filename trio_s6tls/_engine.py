@@ -1,0 +1,211 @@
+"""The engine: handshake, notification, then a full-duplex tunnel between a
+local cleartext stream and the TLS connection, ending as SPEC.md says.
+
+Theory of operation — two pump tasks in one nursery, one per direction:
+
+1. **Handshake first**, under the ``-K`` deadline (98 on timeout or
+   failure). Only then is the notification sent and data moved.
+2. **Local EOF** (local → network): with ``-s`` every pending record is
+   flushed, then the network write side is half-closed (``shutdown(SHUT_WR)``
+   on a socket, close on a pipe); reading the network goes on. With ``-S`` a
+   close_notify is sent (and the write side half-closed); incoming
+   application data is then discarded until the peer's close_notify or EOF.
+3. **Network EOF or close_notify** (network → local): everything decrypted
+   has been delivered; the local write side is closed. A ragged EOF (no
+   close_notify) is normal with ``-j`` and fatal (98) with ``-J``; an EOF in
+   the middle of a record is always fatal (98) — see ``_records.py``.
+4. **The local reader goes away** (EPIPE): stop reading the network.
+5. **The network write side fails** (reset, EPIPE): stop reading locally.
+6. **The engine returns when both directions are over**, 0 if all ended
+   cleanly; a :class:`Fatal` in either direction ends both at once and its
+   code is returned.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from ._errors import EXIT_SYSTEM, EXIT_TLS, Fatal, describe_os_error
+from ._fdstreams import FdPairStream, is_socket, same_object
+from ._handshake_info import Variables, handshake_variables
+from ._log import Log
+from ._memory_tls import MemoryTLS
+from ._records import RecordState
+from ._socket_tls import SocketTLS
+from ._tlsconfig import TLSOptions
+
+CHUNK = 256 * 1024  # large reads: few Python round trips per record
+
+
+class TLSTransport(Protocol):
+    """What the engine needs from a TLS connection (both transports have it)."""
+
+    connection: ssl.SSLSocket | ssl.SSLObject
+    records: RecordState
+    close_notify_sent: bool
+
+    async def handshake(self) -> None: ...
+    async def receive_into(self, buffer: bytearray) -> int: ...
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+    async def send_eof(self) -> None: ...
+    async def send_close_notify(self) -> None: ...
+    def shutdown_receive(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+def tls_over(
+    network: socket.socket | trio.abc.HalfCloseableStream,
+    context: ssl.SSLContext,
+    *,
+    server_side: bool,
+    server_hostname: str | None = None,
+) -> TLSTransport:
+    """An ``SSLSocket`` transport for a socket, a memory-BIO one otherwise."""
+    if isinstance(network, socket.socket):
+        return SocketTLS(network, context, server_side=server_side, server_hostname=server_hostname)
+    return MemoryTLS(network, context, server_side=server_side, server_hostname=server_hostname)
+
+
+def network_from_fds(read_fd: int, write_fd: int) -> tuple[socket.socket | FdPairStream, list[int]]:
+    """The network side over two fds: the socket itself when both name one
+    stream socket (the fast path), else an :class:`FdPairStream`. Also
+    returns the fds the caller must close at the end (a second fd for the
+    same socket)."""
+    if is_socket(read_fd) and (read_fd == write_fd or same_object(read_fd, write_fd)):
+        sock = socket.socket(fileno=read_fd)
+        if sock.type == socket.SOCK_STREAM:
+            return sock, ([write_fd] if write_fd != read_fd else [])
+        sock.detach()
+    return FdPairStream(read_fd, write_fd), []
+
+
+async def _deliver_down(tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions) -> None:
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    while True:
+        count = await tls.receive_into(buffer)
+        if count == 0:
+            break
+        if tls.close_notify_sent:
+            continue  # -S: the tunnel is over, incoming data is discarded
+        try:
+            await local.send_all(view[:count])
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            tls.shutdown_receive()  # rule 4: nobody reads locally any more
+            return
+    if not tls.close_notify_sent:
+        ending = tls.records.ending()
+        if ending == "truncated":
+            raise Fatal(EXIT_TLS, "network stream ended in the middle of a TLS record")
+        if ending == "ragged" and options.enforce_close_notify:
+            raise Fatal(EXIT_TLS, "peer closed the connection without a close_notify")
+    try:
+        await local.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def _send_up(tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions) -> None:
+    while True:
+        try:
+            data = await local.receive_some(CHUNK)
+        except trio.BrokenResourceError as error:
+            cause = error.__cause__
+            detail = describe_os_error(cause) if isinstance(cause, OSError) else str(error)
+            raise Fatal(EXIT_SYSTEM, f"unable to read from local: {detail}") from None
+        if not data:
+            break
+        try:
+            await tls.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            shutdown = getattr(local, "shutdown_receive", None)
+            if shutdown is not None:  # rule 5: the network takes no more
+                shutdown()
+            return
+    try:
+        if options.close_notify:
+            await tls.send_close_notify()
+        else:
+            await tls.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def _handshake(tls: TLSTransport, timeout_ms: int) -> None:
+    if not timeout_ms:
+        await tls.handshake()
+        return
+    with trio.move_on_after(timeout_ms / 1000) as scope:
+        await tls.handshake()
+    if scope.cancelled_caught:
+        raise Fatal(EXIT_TLS, f"handshake timed out after {timeout_ms} ms")
+
+
+async def run_engine(
+    tls: TLSTransport,
+    local: trio.abc.HalfCloseableStream,
+    options: TLSOptions,
+    *,
+    server_side: bool,
+    notify: Callable[[Variables], None] | None = None,
+    log: Log | None = None,
+    report_resumption: bool = False,
+) -> int:
+    """Run one TLS tunnel to its end and return the exit status of SPEC.md.
+
+    ``notify`` is called with the ``SSL_*`` variables once the handshake is
+    complete (before any data moves). Fatal errors are reported on ``log``
+    as one ``fatal:`` line. Both ``tls`` and ``local`` are closed on return.
+    """
+    log = log or Log("trio_s6tls", options.verbosity)
+    failure: list[Fatal] = []
+
+    async def guarded(nursery: trio.Nursery, pump: Callable[..., object]) -> None:
+        try:
+            await pump(tls, local, options)  # type: ignore[misc]
+        except Fatal as error:
+            failure.append(error)
+            nursery.cancel_scope.cancel()
+
+    try:
+        await _handshake(tls, options.handshake_timeout_ms)
+        variables = handshake_variables(
+            tls.connection, server_side=server_side, resumed_flag=report_resumption
+        )
+        log.info(
+            " ".join(f"{k}={v}" for k, v in variables.items() if v is not None), level=2
+        )
+        if notify is not None:
+            notify(variables)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(guarded, nursery, _send_up)
+            nursery.start_soon(guarded, nursery, _deliver_down)
+        if failure:
+            raise failure[0]
+        return 0
+    except Fatal as error:
+        log.fatal(error.message)
+        return error.exit_code
+    finally:
+        with trio.CancelScope(shield=True):
+            await tls.aclose()
+            await local.aclose()
+
+
+def write_notification(fd: int, block: bytes) -> None:
+    """Write the block to ``fd`` and close it; a reader that went away is
+    not our failure (it will not start the application)."""
+    try:
+        view = memoryview(block)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,123 @@
+"""Trio streams over a pair of file descriptors, with a real half-close.
+
+:class:`FdPairStream` reads from one fd and writes to another — the same
+socket twice, two pipes, a terminal, any mix. ``send_eof()`` is
+``shutdown(SHUT_WR)`` when the write fd is a socket, else it closes the write
+fd. The stream owns both fds and closes them in ``aclose()``.
+
+O_NONBLOCK belongs to the open file description, not to the fd, so two
+objects over dups of one description would fight over it (one restoring
+blocking mode under the other's feet). We therefore build exactly one trio
+object per description: when both fds name the same object, one
+``SocketStream`` (sockets) or one ``FdStream`` (anything else) serves both
+directions, and the second fd is only closed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+import trio
+
+
+def _identity(fd: int) -> tuple[tuple[int, int], bool]:
+    info = os.fstat(fd)
+    return (info.st_dev, info.st_ino), stat.S_ISSOCK(info.st_mode)
+
+
+def is_socket(fd: int) -> bool:
+    return _identity(fd)[1]
+
+
+def same_object(fd1: int, fd2: int) -> bool:
+    """Both fds name one file, pipe or socket (for sockets: one description)."""
+    return _identity(fd1)[0] == _identity(fd2)[0]
+
+
+Half = trio.SocketStream | trio.lowlevel.FdStream
+
+
+def fd_stream(fd: int) -> Half:
+    """One trio stream over ``fd``, owning it: ``SocketStream`` for a stream
+    socket (so ``send_eof`` is a real TCP half-close), else ``FdStream``."""
+    if is_socket(fd):
+        sock = socket.socket(fileno=fd)
+        if sock.type == socket.SOCK_STREAM:
+            return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        sock.detach()
+    return trio.lowlevel.FdStream(fd)
+
+
+class FdPairStream(trio.abc.HalfCloseableStream):
+    """Receive from ``read_fd``, send to ``write_fd``; owns both."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._spare_fds: list[int] = []
+        self._send_closed = False
+        if read_fd == write_fd or same_object(read_fd, write_fd):
+            self._receiver: Half = fd_stream(read_fd)
+            self._sender: Half = self._receiver
+            if write_fd != read_fd:
+                self._spare_fds.append(write_fd)
+        else:
+            self._receiver = fd_stream(read_fd)
+            self._sender = fd_stream(write_fd)
+
+    @property
+    def shared(self) -> bool:
+        return self._sender is self._receiver
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._send_closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("send side closed")
+        await self._sender.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._send_closed:
+            await trio.lowlevel.checkpoint()
+            raise trio.ClosedResourceError("send side closed")
+        await self._sender.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._receiver.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        """Half-close: TCP ``shutdown(SHUT_WR)``, or close the write fd."""
+        if self._send_closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._send_closed = True
+        if isinstance(self._sender, trio.SocketStream):
+            try:
+                await self._sender.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        elif self.shared:
+            await trio.lowlevel.checkpoint()  # a terminal cannot be half-closed
+        else:
+            await self._sender.aclose()
+        self._close_spares()
+
+    def shutdown_receive(self) -> None:
+        """Stop reading for good (``shutdown(SHUT_RD)`` on a socket)."""
+        if isinstance(self._receiver, trio.SocketStream):
+            try:
+                self._receiver.socket.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
+    def _close_spares(self) -> None:
+        while self._spare_fds:
+            os.close(self._spare_fds.pop())
+
+    async def aclose(self) -> None:
+        self._send_closed = True
+        self._close_spares()
+        try:
+            if not self.shared:
+                await self._sender.aclose()
+        finally:
+            await self._receiver.aclose()

@@ -1,0 +1,100 @@
+"""Handshake information: the ``SSL_*`` variables and the NUL-separated
+notification block of SPEC.md (``-d FD`` and UCSPI-TLS's ``Y``).
+
+Block format: entries each followed by one NUL, then one extra NUL.
+``NAME=VALUE`` sets a variable, a bare ``NAME`` unsets it. Pure functions
+apart from :func:`handshake_variables`, which reads a finished connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from collections.abc import Mapping, MutableMapping
+
+from . import _der
+
+#: Variables every notification mentions (set or unset), in this order.
+SSL_VARIABLES = (
+    "SSL_PROTOCOL",
+    "SSL_CIPHER",
+    "SSL_TLS_SNI_SERVERNAME",
+    "SSL_PEER_CERT_HASH",
+    "SSL_PEER_CERT_SUBJECT",
+)
+
+MAX_NOTIFICATION = 4096
+
+Variables = dict[str, str | None]
+
+
+def handshake_variables(
+    conn: ssl.SSLSocket | ssl.SSLObject, *, server_side: bool, resumed_flag: bool = False
+) -> Variables:
+    """``SSL_*`` for a connection whose handshake is complete.
+
+    ``None`` means "unset". ``SSL_ALPN_PROTOCOL`` appears only when ALPN was
+    negotiated; ``SSL_SESSION_RESUMED`` only when ``resumed_flag``.
+    """
+    cipher = conn.cipher()
+    if server_side:
+        sni = getattr(conn, "s6_sni_name", None)
+    else:
+        sni = conn.server_hostname
+    peer = conn.getpeercert(binary_form=True)
+    variables: Variables = {
+        "SSL_PROTOCOL": conn.version(),
+        "SSL_CIPHER": cipher[0] if cipher else None,
+        "SSL_TLS_SNI_SERVERNAME": sni or None,
+        "SSL_PEER_CERT_HASH": None,
+        "SSL_PEER_CERT_SUBJECT": None,
+    }
+    if peer:
+        variables["SSL_PEER_CERT_HASH"] = "SHA256:" + hashlib.sha256(peer).hexdigest()
+        try:
+            variables["SSL_PEER_CERT_SUBJECT"] = _der.certificate_subject(peer)
+        except ValueError:
+            pass
+    alpn = conn.selected_alpn_protocol()
+    if alpn:
+        variables["SSL_ALPN_PROTOCOL"] = alpn
+    if resumed_flag:
+        variables["SSL_SESSION_RESUMED"] = "1" if conn.session_reused else "0"
+    return variables
+
+
+def encode_notification(variables: Mapping[str, str | None]) -> bytes:
+    """The block: ``NAME=VALUE\\0`` or ``NAME\\0`` per entry, then ``\\0``."""
+    parts = []
+    for name, value in variables.items():
+        if not name or "=" in name or "\0" in name or (value is not None and "\0" in value):
+            raise ValueError(f"cannot encode variable {name!r}")
+        parts.append(name if value is None else f"{name}={value}")
+    block = "".join(part + "\0" for part in parts).encode() + b"\0"
+    if len(block) > MAX_NOTIFICATION:
+        raise ValueError("notification block too large")
+    return block
+
+
+def decode_notification(block: bytes) -> Variables:
+    """Inverse of :func:`encode_notification`; ValueError if ``block`` is not
+    a complete block (a reader that got EOF first knows the handshake failed)."""
+    if not block.endswith(b"\0\0") and block != b"\0":
+        raise ValueError("incomplete notification block")
+    body = block[:-1]
+    variables: Variables = {}
+    for entry in body.split(b"\0")[:-1]:
+        if not entry:
+            raise ValueError("empty entry in notification block")
+        name, eq, value = entry.decode().partition("=")
+        variables[name] = value if eq else None
+    return variables
+
+
+def apply_variables(env: MutableMapping[str, str], variables: Mapping[str, str | None]) -> None:
+    """Set or unset each variable in ``env``."""
+    for name, value in variables.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value

@@ -1,0 +1,88 @@
+"""The engine over file descriptors, as s6-tlsc-io and s6-tlsd-io run it:
+check the fds, build the context from the environment, drop privileges,
+then ``trio.run`` the engine. Also what the forking wrappers run in their
+engine child."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import trio
+
+from ._engine import network_from_fds, run_engine, tls_over, write_notification
+from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, describe_os_error
+from ._fdstreams import FdPairStream
+from ._handshake_info import Variables, encode_notification
+from ._log import Log
+from ._tlsconfig import TLSOptions, client_context, drop_privileges, parse_identity, server_context
+
+
+@dataclass(frozen=True)
+class FdPlan:
+    """Which fds are the network and which the local application."""
+
+    network_read: int
+    network_write: int
+    local_read: int
+    local_write: int
+    notify_fd: int | None = None
+
+
+def check_fd(fd: int) -> None:
+    try:
+        os.fstat(fd)
+    except OSError as error:
+        raise Fatal(EXIT_SYSTEM, f"file descriptor {fd}: {describe_os_error(error)}") from None
+
+
+def load_context(
+    env: Mapping[str, str], options: TLSOptions, *, server_side: bool
+) -> tuple[ssl.SSLContext, tuple[int | None, int | None]]:
+    """Identity first (a usage error beats a file error), then the context."""
+    identity = parse_identity(env)
+    context = server_context(env, options) if server_side else client_context(env, options)
+    return context, identity
+
+
+def run_io(
+    plan: FdPlan,
+    env: Mapping[str, str],
+    options: TLSOptions,
+    *,
+    server_side: bool,
+    log: Log,
+) -> int:
+    """Everything s6-tls[cd]-io does after parsing its command line."""
+    for fd in (plan.network_read, plan.network_write, plan.local_read, plan.local_write):
+        check_fd(fd)
+    if plan.notify_fd is not None:
+        check_fd(plan.notify_fd)
+    context, (uid, gid) = load_context(env, options, server_side=server_side)
+    drop_privileges(uid, gid)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    server_hostname = None if server_side else options.servername
+
+    def notify(variables: Variables) -> None:
+        if plan.notify_fd is not None:
+            write_notification(plan.notify_fd, encode_notification(variables))
+
+    async def main() -> int:
+        network, spare_fds = network_from_fds(plan.network_read, plan.network_write)
+        local = FdPairStream(plan.local_read, plan.local_write)
+        try:
+            try:
+                tls = tls_over(network, context, server_side=server_side, server_hostname=server_hostname)
+            except (ssl.SSLError, ValueError, OSError) as error:
+                await local.aclose()
+                log.fatal(f"unable to set up the TLS engine: {error}")
+                return EXIT_ENGINE
+            return await run_engine(tls, local, options, server_side=server_side, notify=notify, log=log)
+        finally:
+            for fd in spare_fds:
+                os.close(fd)
+
+    return trio.run(main)

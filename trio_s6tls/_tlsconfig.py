@@ -1,0 +1,337 @@
+"""TLS settings: an environment mapping and options → a configured
+``ssl.SSLContext``, or a :class:`Fatal` carrying SPEC.md's exit code.
+
+Sans-IO apart from reading the files the environment names. Everything is
+checked here, before any network I/O: a bad trust anchor, an unreadable key
+or a key that does not match its certificate fails at once (96), a missing or
+invalid variable is a usage error (100).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from . import _der
+from ._errors import EXIT_CONFIG, EXIT_SYSTEM, EXIT_USAGE, Fatal, describe_os_error
+from ._records import watch_records
+
+# TLS 1.2 suites for the server: forward secrecy and AEAD only, no CBC.
+SERVER_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+_VERSIONS = {
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """The TLS options of SPEC.md, shared by engines and wrappers.
+
+    ``client_cert`` is, for a client, 0 (``-Y``) or 1 (``-y``: send one); for
+    a server, 0 (none), 1 (``-Y``: request one) or 2 (``-y``: require one).
+    ``servername`` is the client's ``-k NAME``; ``sni_level`` the server's
+    ``-k LEVEL``.
+    """
+
+    close_notify: bool = False
+    enforce_close_notify: bool = False
+    client_cert: int = 0
+    verbosity: int = 1
+    handshake_timeout_ms: int = 0
+    servername: str | None = None
+    sni_level: int = 0
+    verify: bool = True
+    alpn: tuple[str, ...] = ()
+    ciphers: str | None = None
+    min_version: str | None = None
+
+
+def _require(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name)
+    if not value:
+        raise Fatal(EXIT_USAGE, f"{name} not set")
+    return value
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise Fatal(EXIT_CONFIG, f"unable to read {what} {path}: {describe_os_error(error)}") from None
+
+
+def _pem(label: str, der: bytes) -> str:
+    return ssl.DER_cert_to_PEM_cert(der).replace("CERTIFICATE", label)
+
+
+def _is_pem(data: bytes) -> bool:
+    return b"-----BEGIN " in data
+
+
+@contextlib.contextmanager
+def _as_pem_path(path: str, data: bytes, label: str | None) -> Iterator[str]:
+    """A path OpenSSL can load: ``path`` itself when it is PEM already, else a
+    PEM rendering of the DER in an anonymous memory file (keys never touch
+    the disk)."""
+    if _is_pem(data):
+        yield path
+        return
+    try:
+        if label is None:
+            label = _der.private_key_pem_label(data)
+        text = _pem(label, data)
+    except ValueError:
+        raise Fatal(EXIT_CONFIG, f"{path}: neither PEM nor DER") from None
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("trio_s6tls-pem")
+        try:
+            os.write(fd, text.encode("ascii"))
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+    else:  # pragma: no cover - non-Linux
+        with tempfile.NamedTemporaryFile("w", suffix=".pem") as file:
+            file.write(text)
+            file.flush()
+            yield file.name
+
+
+def _no_password() -> bytes:
+    return b""  # never prompt on a terminal: an encrypted key simply fails
+
+
+def load_keypair(context: ssl.SSLContext, certfile: str, keyfile: str) -> None:
+    cert_data = _read(certfile, "certificate file")
+    key_data = _read(keyfile, "private key file")
+    with _as_pem_path(certfile, cert_data, "CERTIFICATE") as cert_path, _as_pem_path(
+        keyfile, key_data, None
+    ) as key_path:
+        try:
+            context.load_cert_chain(cert_path, key_path, password=_no_password)
+        except ssl.SSLError as error:
+            if error.reason == "KEY_VALUES_MISMATCH":
+                raise Fatal(
+                    EXIT_CONFIG, f"private key {keyfile} does not match certificate {certfile}"
+                ) from None
+            raise Fatal(
+                EXIT_CONFIG, f"unable to load keypair {certfile} / {keyfile}: {error.reason or error}"
+            ) from None
+
+
+def _load_anchor_bytes(context: ssl.SSLContext, data: bytes) -> None:
+    if _is_pem(data):
+        context.load_verify_locations(cadata=data.decode("ascii", "replace"))
+    else:
+        context.load_verify_locations(cadata=data)
+
+
+def load_trust_anchors(context: ssl.SSLContext, env: Mapping[str, str]) -> None:
+    """``CADIR`` (any file names, PEM or DER, unparsable files skipped) or,
+    if unset, ``CAFILE``. Neither set: 100. No anchor found: 96."""
+    cadir = env.get("CADIR")
+    if cadir:
+        try:
+            names = sorted(os.listdir(cadir))
+        except OSError as error:
+            raise Fatal(EXIT_CONFIG, f"unable to read CADIR {cadir}: {describe_os_error(error)}") from None
+        for name in names:
+            path = os.path.join(cadir, name)
+            if not os.path.isfile(path):
+                continue
+            try:
+                _load_anchor_bytes(context, _read(path, "trust anchor"))
+            except (ssl.SSLError, Fatal):
+                continue  # not a certificate: a README, a CRL, an editor backup
+        if not context.cert_store_stats()["x509"]:
+            raise Fatal(EXIT_CONFIG, f"no trust anchor found in CADIR {cadir}")
+        return
+    cafile = env.get("CAFILE")
+    if not cafile:
+        raise Fatal(EXIT_USAGE, "CADIR or CAFILE not set")
+    try:
+        _load_anchor_bytes(context, _read(cafile, "CAFILE"))
+    except ssl.SSLError as error:
+        raise Fatal(EXIT_CONFIG, f"unable to load trust anchors from {cafile}: {error.reason or error}") from None
+    if not context.cert_store_stats()["x509"]:
+        raise Fatal(EXIT_CONFIG, f"no trust anchor found in CAFILE {cafile}")
+
+
+def _base_context(purpose: int, options: TLSOptions, env: Mapping[str, str]) -> ssl.SSLContext:
+    context = ssl.SSLContext(purpose)
+    context.minimum_version = _VERSIONS.get(options.min_version or "1.2", ssl.TLSVersion.TLSv1_2)
+    # Ragged EOFs are classified by the engine (see _records.py); OpenSSL must
+    # not turn one into a fatal state that also forbids our reply.
+    context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF | ssl.OP_NO_RENEGOTIATION
+    if options.ciphers:
+        try:
+            context.set_ciphers(options.ciphers)
+        except ssl.SSLError:
+            raise Fatal(EXIT_USAGE, f"invalid cipher list: {options.ciphers}") from None
+    if options.alpn:
+        context.set_alpn_protocols(list(options.alpn))
+    keylog = env.get("SSLKEYLOGFILE")
+    if keylog:
+        try:
+            context.keylog_filename = keylog
+        except OSError as error:
+            raise Fatal(EXIT_SYSTEM, f"unable to open SSLKEYLOGFILE {keylog}: {describe_os_error(error)}") from None
+    watch_records(context)
+    return context
+
+
+def client_context(env: Mapping[str, str], options: TLSOptions) -> ssl.SSLContext:
+    """The client's context: trust anchors (unless ``--no-verify-cert``),
+    hostname checking only with ``-k``, a client keypair with ``-y``."""
+    context = _base_context(ssl.PROTOCOL_TLS_CLIENT, options, env)
+    if options.verify:
+        load_trust_anchors(context, env)
+        context.check_hostname = options.servername is not None
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if options.client_cert:
+        load_keypair(context, _require(env, "CERTFILE"), _require(env, "KEYFILE"))
+    return context
+
+
+_SERVER_VERIFY = {0: ssl.CERT_NONE, 1: ssl.CERT_OPTIONAL, 2: ssl.CERT_REQUIRED}
+
+
+def _server_context(env: Mapping[str, str], options: TLSOptions) -> ssl.SSLContext:
+    context = _base_context(ssl.PROTOCOL_TLS_SERVER, options, env)
+    if not options.ciphers:
+        context.set_ciphers(SERVER_TLS12_CIPHERS)
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.verify_mode = _SERVER_VERIFY[min(options.client_cert, 2)]
+    if options.client_cert:
+        load_trust_anchors(context, env)
+    return context
+
+
+def valid_sni_name(name: str) -> bool:
+    """A host name, or ``*.`` + a name of at least two labels."""
+    labels = name.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+        if len(labels) < 2:
+            return False
+    return all(label and "*" not in label for label in labels)
+
+
+@dataclass
+class SniTable:
+    """Certificates by SNI name: exact names win over ``*.suffix`` ones."""
+
+    exact: dict[str, ssl.SSLContext] = field(default_factory=dict)
+    wildcard: dict[str, ssl.SSLContext] = field(default_factory=dict)
+
+    def add(self, name: str, context: ssl.SSLContext) -> None:
+        name = name.lower()
+        if name.startswith("*."):
+            self.wildcard[name[2:]] = context
+        else:
+            self.exact[name] = context
+
+    def lookup(self, name: str) -> ssl.SSLContext | None:
+        name = name.lower().rstrip(".")
+        found = self.exact.get(name)
+        if found is None:
+            first, _, rest = name.partition(".")
+            if first and rest:
+                found = self.wildcard.get(rest)
+        return found
+
+    def __len__(self) -> int:
+        return len(self.exact) + len(self.wildcard)
+
+
+def sni_names(env: Mapping[str, str]) -> list[str]:
+    """Names of the ``KEYFILE:NAME``/``CERTFILE:NAME`` pairs; 96 if one half
+    of a pair is missing or a name is not valid."""
+    keys = {k.partition(":")[2] for k in env if k.startswith("KEYFILE:")}
+    certs = {k.partition(":")[2] for k in env if k.startswith("CERTFILE:")}
+    for name in sorted(keys ^ certs):
+        missing = "CERTFILE" if name in keys else "KEYFILE"
+        raise Fatal(EXIT_CONFIG, f"{missing}:{name} not set to pair with its counterpart")
+    for name in sorted(keys):
+        if not valid_sni_name(name):
+            raise Fatal(EXIT_CONFIG, f"invalid SNI name: {name!r}")
+    return sorted(keys)
+
+
+def server_context(env: Mapping[str, str], options: TLSOptions) -> ssl.SSLContext:
+    """The server's context: TLS 1.2+ with forward-secret AEAD suites, the
+    default keypair (SNI level 0–1) and the ``:NAME`` keypairs (level ≥ 1)
+    chosen by an SNI callback, client certificate policy from ``-Y``/``-y``."""
+    context = _server_context(env, options)
+    table = SniTable()
+    if options.sni_level >= 1:
+        for name in sni_names(env):
+            named = _server_context(env, options)
+            load_keypair(named, env[f"CERTFILE:{name}"], env[f"KEYFILE:{name}"])
+            table.add(name, named)
+    level = options.sni_level
+    wants_default = level == 0 or (
+        level == 1 and (not table or "CERTFILE" in env or "KEYFILE" in env)
+    )
+    if wants_default:
+        load_keypair(context, _require(env, "CERTFILE"), _require(env, "KEYFILE"))
+    elif not table:
+        raise Fatal(EXIT_CONFIG, "no keypair found: no KEYFILE:NAME/CERTFILE:NAME pair")
+
+    def choose_certificate(
+        conn: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext
+    ) -> int | None:
+        conn.s6_sni_name = name  # type: ignore[union-attr]
+        chosen = table.lookup(name) if name and level >= 1 else None
+        if chosen is not None:
+            conn.context = chosen
+        elif level >= 2:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        return None
+
+    context.sni_callback = choose_certificate
+    return context
+
+
+def parse_identity(env: Mapping[str, str]) -> tuple[int | None, int | None]:
+    """``TLS_UID``/``TLS_GID`` as numbers (100 if set and not numeric)."""
+    ids: list[int | None] = []
+    for name in ("TLS_UID", "TLS_GID"):
+        value = env.get(name)
+        if value is None or value == "":
+            ids.append(None)
+        elif value.isdigit():
+            ids.append(int(value))
+        else:
+            raise Fatal(EXIT_USAGE, f"invalid {name}: {value!r}")
+    return ids[0], ids[1]
+
+
+def drop_privileges(uid: int | None, gid: int | None) -> None:
+    """As root only: gid first, then uid (after keys are loaded)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        if gid is not None:
+            os.setgroups([gid])
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+    except OSError as error:
+        raise Fatal(EXIT_SYSTEM, f"unable to drop privileges: {describe_os_error(error)}") from None
+
+
+TLS_VARIABLES = ("CADIR", "CAFILE", "CERTFILE", "KEYFILE", "TLS_UID", "TLS_GID")
+
+
+def is_tls_variable(name: str) -> bool:
+    """The variables s6-tlsc/s6-tlsd and friends remove unless ``-Z``."""
+    return name in TLS_VARIABLES or name.startswith(("CERTFILE:", "KEYFILE:"))

@@ -1,0 +1,11 @@
+"""One module per program: parse the command line, call the library.
+
+Kept import-light: ``--help``, ``--version`` and usage errors never load
+trio or ssl; a program imports the library only once it has work to do.
+"""
+
+#: console-script name → module (``python -m trio_s6tls NAME`` too)
+PROGRAMS = {
+    "s6-tlsc-io": "tlsc_io",
+    "s6-tlsd-io": "tlsd_io",
+}
