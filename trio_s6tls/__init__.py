@@ -38,6 +38,8 @@ _EXPORTS = {
     "fd_stream": "_fdstreams",
     "TLSTransport": "_engine",
     "run_engine": "_engine",
+    "establish": "_engine",
+    "tunnel": "_engine",
     "tls_over": "_engine",
     "network_from_fds": "_engine",
 }
@@ -45,7 +47,9 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from ._engine import TLSTransport as TLSTransport
     from ._engine import network_from_fds as network_from_fds
+    from ._engine import establish as establish
     from ._engine import run_engine as run_engine
+    from ._engine import tunnel as tunnel
     from ._engine import tls_over as tls_over
     from ._errors import EXIT_CONFIG as EXIT_CONFIG
     from ._errors import EXIT_ENGINE as EXIT_ENGINE

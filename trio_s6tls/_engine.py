@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
@@ -85,6 +85,9 @@ def network_from_fds(read_fd: int, write_fd: int) -> tuple[socket.socket | FdPai
     return FdPairStream(read_fd, write_fd), []
 
 
+Pump = Callable[[TLSTransport, trio.abc.HalfCloseableStream, TLSOptions], Awaitable[None]]
+
+
 async def _deliver_down(tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions) -> None:
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
@@ -137,14 +140,44 @@ async def _send_up(tls: TLSTransport, local: trio.abc.HalfCloseableStream, optio
         pass
 
 
-async def _handshake(tls: TLSTransport, timeout_ms: int) -> None:
-    if not timeout_ms:
+async def establish(
+    tls: TLSTransport,
+    options: TLSOptions,
+    *,
+    server_side: bool,
+    report_resumption: bool = False,
+) -> Variables:
+    """Complete the handshake under the ``-K`` deadline and return the
+    ``SSL_*`` variables. Raises :class:`Fatal` (98) on failure or timeout;
+    the caller closes ``tls``."""
+    if options.handshake_timeout_ms:
+        with trio.move_on_after(options.handshake_timeout_ms / 1000) as scope:
+            await tls.handshake()
+        if scope.cancelled_caught:
+            raise Fatal(EXIT_TLS, f"handshake timed out after {options.handshake_timeout_ms} ms")
+    else:
         await tls.handshake()
-        return
-    with trio.move_on_after(timeout_ms / 1000) as scope:
-        await tls.handshake()
-    if scope.cancelled_caught:
-        raise Fatal(EXIT_TLS, f"handshake timed out after {timeout_ms} ms")
+    return handshake_variables(tls.connection, server_side=server_side, resumed_flag=report_resumption)
+
+
+async def tunnel(tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions) -> None:
+    """Move data both ways after the handshake until neither direction can
+    carry more (rules 2–6 above). Raises the first :class:`Fatal`; does not
+    close ``tls`` or ``local``."""
+    failure: list[Fatal] = []
+
+    async def guarded(nursery: trio.Nursery, pump: Pump) -> None:
+        try:
+            await pump(tls, local, options)
+        except Fatal as error:
+            failure.append(error)
+            nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(guarded, nursery, _send_up)
+        nursery.start_soon(guarded, nursery, _deliver_down)
+    if failure:
+        raise failure[0]
 
 
 async def run_engine(
@@ -157,37 +190,21 @@ async def run_engine(
     log: Log | None = None,
     report_resumption: bool = False,
 ) -> int:
-    """Run one TLS tunnel to its end and return the exit status of SPEC.md.
+    """Run one TLS tunnel to its end and return the exit status of SPEC.md:
+    :func:`establish`, then ``notify(variables)``, then :func:`tunnel`.
 
-    ``notify`` is called with the ``SSL_*`` variables once the handshake is
-    complete (before any data moves). Fatal errors are reported on ``log``
-    as one ``fatal:`` line. Both ``tls`` and ``local`` are closed on return.
+    Fatal errors are reported on ``log`` as one ``fatal:`` line. Both ``tls``
+    and ``local`` are closed on return.
     """
     log = log or Log("trio_s6tls", options.verbosity)
-    failure: list[Fatal] = []
-
-    async def guarded(nursery: trio.Nursery, pump: Callable[..., object]) -> None:
-        try:
-            await pump(tls, local, options)  # type: ignore[misc]
-        except Fatal as error:
-            failure.append(error)
-            nursery.cancel_scope.cancel()
-
     try:
-        await _handshake(tls, options.handshake_timeout_ms)
-        variables = handshake_variables(
-            tls.connection, server_side=server_side, resumed_flag=report_resumption
+        variables = await establish(
+            tls, options, server_side=server_side, report_resumption=report_resumption
         )
-        log.info(
-            " ".join(f"{k}={v}" for k, v in variables.items() if v is not None), level=2
-        )
+        log.info(" ".join(f"{k}={v}" for k, v in variables.items() if v is not None), level=2)
         if notify is not None:
             notify(variables)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(guarded, nursery, _send_up)
-            nursery.start_soon(guarded, nursery, _deliver_down)
-        if failure:
-            raise failure[0]
+        await tunnel(tls, local, options)
         return 0
     except Fatal as error:
         log.fatal(error.message)
