@@ -50,6 +50,7 @@ class TLSOptions:
     alpn: tuple[str, ...] = ()
     ciphers: str | None = None
     min_version: str | None = None
+    max_version: str | None = None
 
 
 def _require(env: Mapping[str, str], name: str) -> str:
@@ -165,7 +166,9 @@ def load_trust_anchors(context: ssl.SSLContext, env: Mapping[str, str]) -> None:
 
 def _base_context(purpose: int, options: TLSOptions, env: Mapping[str, str]) -> ssl.SSLContext:
     context = ssl.SSLContext(purpose)
-    context.minimum_version = _VERSIONS.get(options.min_version or "1.2", ssl.TLSVersion.TLSv1_2)
+    context.minimum_version = _VERSIONS[options.min_version or "1.2"]
+    if options.max_version:
+        context.maximum_version = _VERSIONS[options.max_version]
     # Ragged EOFs are classified by the engine (see _records.py); OpenSSL must
     # not turn one into a fatal state that also forbids our reply.
     context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF | ssl.OP_NO_RENEGOTIATION

@@ -30,6 +30,7 @@ COMMON = [
     Opt("", "alpn", "alpn", parse=_alpn),
     Opt("", "ciphers", "ciphers", parse=str),
     Opt("", "min-version", "min_version", parse=_version),
+    Opt("", "max-version", "max_version", parse=_version),
 ]
 
 CLIENT_TLS = COMMON + [
@@ -68,6 +69,7 @@ CLIENT_TLS_HELP = """\
       --alpn LIST               offer ALPN protocols (comma-separated)
       --ciphers LIST            OpenSSL cipher list for TLS 1.2
       --min-version 1.2|1.3     lowest TLS version accepted (default 1.2)
+      --max-version 1.2|1.3     highest TLS version offered/accepted (default 1.3)
 """
 
 SERVER_TLS_HELP = """\
@@ -84,6 +86,7 @@ SERVER_TLS_HELP = """\
       --alpn LIST               ALPN protocols to accept, in preference order
       --ciphers LIST            OpenSSL cipher list for TLS 1.2
       --min-version 1.2|1.3     lowest TLS version accepted (default 1.2)
+      --max-version 1.2|1.3     highest TLS version offered/accepted (default 1.3)
 """
 
 ENV_HELP_CLIENT = """\
@@ -111,6 +114,6 @@ def tls_option_values(values: dict[str, Any]) -> dict[str, Any]:
     fields = {
         "close_notify", "enforce_close_notify", "client_cert", "verbosity",
         "handshake_timeout_ms", "servername", "sni_level", "verify", "alpn",
-        "ciphers", "min_version",
+        "ciphers", "min_version", "max_version",
     }
     return {k: v for k, v in values.items() if k in fields}
