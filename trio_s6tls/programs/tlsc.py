@@ -1,0 +1,64 @@
+"""s6-tlsc: client handshake on the network fds 6/7 (or ``-6``/``-7``), then
+exec prog with fds 6/7 reading from and writing to the cleartext tunnel."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .._cli import Opt, Parsed, Program, uint
+from .._errors import UsageError
+from . import _options
+
+KEEP_ENV_HELP = """\
+  -Z, --keep                    keep CADIR, CAFILE, CERTFILE, KEYFILE, ... in prog's env
+  -z, --no-keep                 remove them from prog's environment (default)
+"""
+
+NETWORK_FDS_HELP = """\
+  -6 FD                         read network data from FD (default 6)
+  -7 FD                         write network data to FD (default 7)
+"""
+
+PROGRAM = Program(
+    "s6-tlsc",
+    "s6-tlsc [ -S | -s ] [ -J | -j ] [ -Y | -y ] [ -v verbosity ] [ -K timeout ] "
+    "[ -Z | -z ] [ -k servername ] [ -6 rfd ] [ -7 wfd ] [ -- ] prog...",
+    "Performs a client TLS handshake on the network fds (6 and 7 by default), then\n"
+    "execs into prog in the same process with fd 6 reading from and fd 7 writing\n"
+    "to the TLS tunnel, and the SSL_* variables of the handshake in its\n"
+    "environment. prog never starts if the handshake fails.\n\n"
+    + _options.CLIENT_TLS_HELP
+    + KEEP_ENV_HELP
+    + NETWORK_FDS_HELP
+    + "\n"
+    + _options.ENV_HELP_CLIENT
+    + "\n"
+    + _options.EXIT_HELP,
+)
+NETWORK_FDS = [
+    Opt("6", None, "network_read", parse=uint),
+    Opt("7", None, "network_write", parse=uint),
+]
+OPTIONS = _options.CLIENT_TLS + _options.KEEP_ENV + NETWORK_FDS
+
+
+def run(parsed: Parsed) -> int:
+    if not parsed.operands:
+        raise UsageError("no program to run")
+    from .._exec import handshake_then_exec
+    from .._tlsconfig import TLSOptions
+
+    options = TLSOptions(**_options.tls_option_values(parsed.values))
+    return handshake_then_exec(
+        parsed.operands,
+        name=PROGRAM.name,
+        options=options,
+        server_side=False,
+        network=(parsed.values.get("network_read", 6), parsed.values.get("network_write", 7)),
+        prog_fds=(6, 7),
+        keep_tls=bool(parsed.values.get("keep_env", False)),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return PROGRAM.main(argv, OPTIONS, run)

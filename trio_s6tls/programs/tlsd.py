@@ -1,0 +1,54 @@
+"""s6-tlsd: server handshake on fds 0/1, then exec prog with stdin/stdout
+as the cleartext tunnel (same pid)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .._cli import Parsed, Program
+from .._errors import UsageError
+from . import _options
+
+KEEP_ENV_HELP = """\
+  -Z, --keep                    keep CADIR, CAFILE, CERTFILE, KEYFILE, ... in prog's env
+  -z, --no-keep                 remove them from prog's environment (default)
+"""
+
+PROGRAM = Program(
+    "s6-tlsd",
+    "s6-tlsd [ -S | -s ] [ -J | -j ] [ -Y | -y ] [ -v verbosity ] [ -K timeout ] "
+    "[ -Z | -z ] [ -k sni_level ] [ -- ] prog...",
+    "Answers a TLS handshake on stdin/stdout (the network), then execs into prog\n"
+    "in the same process with stdin/stdout reading from and writing to the TLS\n"
+    "tunnel, and the SSL_* variables of the handshake in its environment. prog\n"
+    "never starts if the handshake fails.\n\n"
+    + _options.SERVER_TLS_HELP
+    + KEEP_ENV_HELP
+    + "\n"
+    + _options.ENV_HELP_SERVER
+    + "\n"
+    + _options.EXIT_HELP,
+)
+OPTIONS = _options.SERVER_TLS + _options.KEEP_ENV
+
+
+def run(parsed: Parsed) -> int:
+    if not parsed.operands:
+        raise UsageError("no program to run")
+    from .._exec import handshake_then_exec
+    from .._tlsconfig import TLSOptions
+
+    options = TLSOptions(**_options.tls_option_values(parsed.values))
+    return handshake_then_exec(
+        parsed.operands,
+        name=PROGRAM.name,
+        options=options,
+        server_side=True,
+        network=(0, 1),
+        prog_fds=(0, 1),
+        keep_tls=bool(parsed.values.get("keep_env", False)),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return PROGRAM.main(argv, OPTIONS, run)
