@@ -1,0 +1,536 @@
+"""The super-server as a library: one Trio task tree serves every connection.
+
+Theory of operation (DESIGN.md, "Process model"):
+
+1. **Accept under the global limit.** Each accept loop takes a slot of a
+   semaphore of ``max_conn`` *before* calling ``accept``: while every slot
+   is taken nobody accepts, and new clients wait in the kernel's backlog
+   (``-c``). A connection gives its slot back when it has ended entirely
+   (prog reaped).
+2. **Per-IP limit** (``-C``): a connection that would make more than
+   ``max_per_ip`` from one address is closed at once and logged.
+   ``TCPCONNNUM`` is that count, this connection included.
+3. **Access rules** (``-i``), then the **PROXY header** (``-L``, which
+   replaces the addresses in the environment), then the **banner** (``-B``);
+   lookups and the PROXY wait are bounded by ``-t``.
+4. **TLS** (when ``config.context`` is set): the handshake under ``-K`` on
+   the accepted socket itself (:func:`~trio_s6tls._engine.tls_over`), with
+   the context current at that moment (a reload only affects new
+   connections). A failed handshake ends that connection only: prog never
+   starts.
+5. **prog** runs with stdin/stdout on two pipes whose other ends form the
+   local side of :func:`~trio_s6tls._engine.tunnel`. Without TLS the socket
+   itself is prog's fds 0 and 1 (back in blocking mode). ``Popen`` resets
+   SIGPIPE to the default in prog (``restore_signals``) and our signal mask
+   is never changed, so prog starts with an empty one.
+6. **Every prog is reaped** (``open_process`` does not do it for us); if the
+   server itself is cancelled, remaining progs are killed, then reaped.
+
+Nothing in one connection waits on another: each runs in its own task, and
+blocking work (``Popen``, name lookups) runs in threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shlex
+import signal
+import socket
+import ssl
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from . import _proxy, _rules
+from ._engine import establish, tls_over, tunnel
+from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, describe_os_error
+from ._fdstreams import FdPairStream
+from ._handshake_info import apply_variables
+from ._log import Log
+from ._tlsconfig import TLSOptions, is_tls_variable
+from ._ucspi import canonical_ip, tcp_environment
+
+
+@dataclass
+class ConnectionRecord:
+    """One ended connection, as :func:`serve` reports it to ``on_finished``."""
+
+    env: dict[str, str]  # what prog was given ({} if prog never ran)
+    prog_status: int | None  # prog's returncode (-N: killed by signal N), None if never run
+    engine_status: int  # 0, or the TLS engine's exit code (98: handshake failure...)
+    remote: tuple[str, int]  # the peer as accepted (before any PROXY header)
+    refused: str | None = None  # why the connection was closed before prog, if it was
+
+
+@dataclass
+class ServerConfig:
+    """Everything :func:`serve` needs; the programs build it from options.
+
+    ``context`` is ``None`` for plain TCP (s6-tcpserver). It may be replaced
+    at any time (certificate reload): each connection uses the context
+    current when its handshake starts.
+    """
+
+    argv: list[str]
+    context: ssl.SSLContext | None = None
+    tls_options: TLSOptions = field(default_factory=TLSOptions)
+    base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    max_conn: int = 40
+    max_per_ip: int = 40
+    rules_dir: str | None = None  # -i
+    access_timeout_ms: int = 0  # -t: lookups and PROXY header; 0 = no bound
+    proxy: bool = False  # -L
+    banner: bytes = b""  # -B
+    remote_lookup: bool = True  # -h / -H
+    paranoid: bool = False  # -p: a remote name must resolve back to the IP
+    local_name: str | None = None  # -l
+    warn_lookup_failure: bool = True  # -W / -w
+    nodelay: bool = False  # -D
+    uid: int | None = None  # -u / -U: prog's identity
+    gid: int | None = None
+    groups: list[int] | None = None
+    keep_env: bool = False  # -Z: leave CERTFILE, KEYFILE... in prog's env
+    report_resumption: bool = False  # export SSL_SESSION_RESUMED
+    log: Log = field(default_factory=lambda: Log("trio_s6tls"))
+
+    @property
+    def verbosity(self) -> int:
+        return self.log.verbosity
+
+
+# accept() errors about one connection (retry at once) or about resources
+# (back off: a connection that ends will free some).
+_TRANSIENT_ACCEPT_ERRORS = {
+    errno.ECONNABORTED,
+    errno.EPROTO,
+    errno.EPERM,
+    errno.ENETDOWN,
+    errno.EHOSTUNREACH,
+}
+_RESOURCE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class Refused(Exception):
+    """The connection ends before prog, for the reason given (already logged)."""
+
+
+class Server:
+    """A running :func:`serve`: what the programs' signal handlers act on.
+    Handed out by ``await nursery.start(serve, ...)``."""
+
+    def __init__(
+        self, config: ServerConfig, on_finished: Callable[[ConnectionRecord], None] | None
+    ) -> None:
+        self.config = config
+        self.on_finished = on_finished
+        self.slots = trio.Semaphore(max(config.max_conn, 1))
+        self.per_ip: Counter[str] = Counter()
+        self.processes: set[trio.Process] = set()
+        self.accept_scope = trio.CancelScope()
+        self.cancel_scope = trio.CancelScope()
+        self.abandon_children = False
+        self.addresses: list[tuple[str, int]] = []
+        self.connections_served = 0
+
+    @property
+    def active(self) -> int:
+        """Connections open now (accepted and not yet ended)."""
+        return sum(self.per_ip.values())
+
+    def stop_accepting(self) -> None:
+        """Close the listeners; :func:`serve` returns once every open
+        connection has ended."""
+        self.accept_scope.cancel()
+
+    def signal_children(self, signum: int) -> None:
+        """Send ``signum`` to every running prog."""
+        for process in list(self.processes):
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signum)
+
+    def exit_now(self, *, abandon_children: bool = False) -> None:
+        """End :func:`serve` at once. Running progs are killed and reaped,
+        or with ``abandon_children`` left running (s6-tcpserver's SIGTERM:
+        they own their sockets and outlive us)."""
+        self.abandon_children = abandon_children
+        self.cancel_scope.cancel()
+
+    def reload(self, context: ssl.SSLContext) -> None:
+        """New connections use ``context``; open ones keep theirs."""
+        self.config.context = context
+
+    # -- accepting -------------------------------------------------------
+
+    async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        log = self.config.log
+        while True:
+            await self.slots.acquire()
+            try:
+                sock, _ = await listener.socket.accept()
+            except OSError as error:
+                self.slots.release()
+                if error.errno in _TRANSIENT_ACCEPT_ERRORS:
+                    continue
+                if error.errno in _RESOURCE_ACCEPT_ERRORS:
+                    log.warn(f"unable to accept: {describe_os_error(error)}")
+                    await trio.sleep(0.1)  # back off until a connection ends and frees fds
+                    continue
+                raise
+            except BaseException:
+                self.slots.release()
+                raise
+            nursery.start_soon(self.connection, sock)
+
+    # -- one connection --------------------------------------------------
+
+    async def connection(self, sock: trio.socket.SocketType) -> None:
+        config = self.config
+        log = config.log
+        try:
+            remote_raw = sock.getpeername()
+            local_raw = sock.getsockname()
+        except OSError:  # reset before we looked at it
+            sock.close()
+            self.slots.release()
+            return
+        remote = (canonical_ip(remote_raw[0]), int(remote_raw[1]))
+        local = (canonical_ip(local_raw[0]), int(local_raw[1]))
+        ip = remote[0]
+        self.per_ip[ip] += 1
+        self.connections_served += 1
+        record = ConnectionRecord({}, None, 0, remote)
+        try:
+            count = self.per_ip[ip]
+            if count > config.max_per_ip:
+                log.info(f"too many connections from {ip}, closing", level=1)
+                record.refused = "per-ip limit"
+                return
+            log.info(f"allow? {ip} port {remote[1]} (connection {count} from it)", level=3)
+            await self._serve_one(sock, local, remote, count, record)
+        except Refused as refusal:
+            record.refused = str(refusal)
+        except Fatal as error:
+            log.warn(f"connection from {ip} port {remote[1]}: {error.message}")
+            record.engine_status = error.exit_code
+        finally:
+            sock.close()
+            self.per_ip[ip] -= 1
+            if not self.per_ip[ip]:
+                del self.per_ip[ip]
+            self.slots.release()
+            if self.on_finished is not None:
+                self.on_finished(record)
+
+    async def _serve_one(
+        self,
+        sock: trio.socket.SocketType,
+        local: tuple[str, int],
+        remote: tuple[str, int],
+        count: int,
+        record: ConnectionRecord,
+    ) -> None:
+        config = self.config
+        log = config.log
+        argv = config.argv
+        env = self._base_env()
+        rules_env: dict[str, str | None] = {}
+        if config.rules_dir is not None:
+            decision = _rules.lookup(config.rules_dir, remote[0])
+            if not decision.allowed:
+                log.info(f"deny {remote[0]} port {remote[1]}", level=2)
+                raise Refused("denied by rules")
+            log.info(f"allow {remote[0]} port {remote[1]} by {decision.key}", level=2)
+            if decision.argv:
+                argv = decision.argv
+            rules_env = decision.env
+        if config.proxy:
+            header = await self._read_proxy_header(sock, remote)
+            if header.source is not None and header.destination is not None:
+                remote = (canonical_ip(header.source[0]), header.source[1])
+                local = (canonical_ip(header.destination[0]), header.destination[1])
+        remote_host, local_host = await self._lookups(local, remote)
+        apply_variables(
+            env,
+            tcp_environment(
+                local=local,
+                remote=remote,
+                local_host=local_host,
+                remote_host=remote_host,
+                connection_count=count,
+            ),
+        )
+        apply_variables(env, rules_env)
+        if config.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if config.banner:
+            await _send_all(sock, config.banner)
+        if config.context is None:
+            await self._run_plain(sock, argv, env, record)
+        else:
+            await self._run_tls(sock, config.context, argv, env, record)
+
+    def _base_env(self) -> dict[str, str]:
+        config = self.config
+        if config.context is None or config.keep_env:
+            return dict(config.base_env)
+        return {k: v for k, v in config.base_env.items() if not is_tls_variable(k)}
+
+    def _bounded(self) -> trio.CancelScope:
+        """The ``-t`` bound on lookups and the PROXY wait (none if 0)."""
+        timeout = self.config.access_timeout_ms
+        return trio.move_on_after(timeout / 1000) if timeout else trio.CancelScope()
+
+    async def _read_proxy_header(
+        self, sock: trio.socket.SocketType, remote: tuple[str, int]
+    ) -> _proxy.ProxyHeader:
+        """Read exactly the header (the TLS ClientHello follows it)."""
+        buffer = b""
+        try:
+            with self._bounded():
+                while wanted := _proxy.bytes_wanted(buffer):
+                    chunk = await sock.recv(wanted)
+                    if not chunk:
+                        raise _proxy.ProxyError("connection closed inside the PROXY header")
+                    buffer += chunk
+                return _proxy.parse(buffer)
+            raise _proxy.ProxyError("timed out waiting for the PROXY header")
+        except (_proxy.ProxyError, OSError) as error:
+            detail = describe_os_error(error) if isinstance(error, OSError) else str(error)
+            self.config.log.warn(f"bad PROXY header from {remote[0]} port {remote[1]}: {detail}")
+            raise Refused("bad PROXY header") from None
+
+    async def _lookups(
+        self, local: tuple[str, int], remote: tuple[str, int]
+    ) -> tuple[str | None, str | None]:
+        """``TCPREMOTEHOST`` and ``TCPLOCALHOST``: reverse lookups unless
+        ``-H``; ``-l`` names the local host; ``-p`` drops a remote name that
+        does not resolve back to the address."""
+        config = self.config
+        local_host = config.local_name
+        if not config.remote_lookup:
+            return None, local_host
+        remote_host: str | None = None
+        with self._bounded():
+            remote_host = await _reverse_lookup(remote[0])
+            if (
+                remote_host is not None
+                and config.paranoid
+                and not await _resolves_to(remote_host, remote[0])
+            ):
+                remote_host = None
+            if local_host is None:
+                local_host = await _reverse_lookup(local[0])
+        if remote_host is None and config.warn_lookup_failure:
+            config.log.info(f"no name for {remote[0]}", level=2)
+        return remote_host, local_host
+
+    async def _spawn(
+        self, argv: list[str], env: dict[str, str], *, stdin: int, stdout: int
+    ) -> trio.Process:
+        config = self.config
+        try:
+            process = await trio.lowlevel.open_process(
+                argv,
+                stdin=stdin,
+                stdout=stdout,
+                env=env,
+                user=config.uid,
+                group=config.gid,
+                extra_groups=config.groups,
+                restore_signals=True,  # SIGPIPE back to the default in prog
+            )
+        except (OSError, subprocess.SubprocessError) as error:
+            detail = describe_os_error(error) if isinstance(error, OSError) else str(error)
+            raise Fatal(EXIT_SYSTEM, f"unable to spawn {shlex.join(argv)}: {detail}") from None
+        self.processes.add(process)
+        config.log.info(f"pid {process.pid} started", level=3)
+        return process
+
+    async def _settle(self, process: trio.Process) -> None:
+        """Make sure prog is reaped: on a normal end it already is; when we
+        are cancelled it is killed first (unless children are abandoned)."""
+        try:
+            if process.returncode is None and not self.abandon_children:
+                process.kill()
+            if not self.abandon_children:
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+        finally:
+            self.processes.discard(process)
+
+    async def _run_plain(
+        self,
+        sock: trio.socket.SocketType,
+        argv: list[str],
+        env: dict[str, str],
+        record: ConnectionRecord,
+    ) -> None:
+        """s6-tcpserver: the socket itself is prog's stdin and stdout."""
+        raw = socket.socket(fileno=sock.detach())
+        try:
+            raw.setblocking(True)  # O_NONBLOCK is shared with prog's copy
+            process = await self._spawn(argv, env, stdin=raw.fileno(), stdout=raw.fileno())
+        finally:
+            raw.close()
+        record.env = env
+        try:
+            record.prog_status = await process.wait()
+        finally:
+            await self._settle(process)
+
+    async def _run_tls(
+        self,
+        sock: trio.socket.SocketType,
+        context: ssl.SSLContext,
+        argv: list[str],
+        env: dict[str, str],
+        record: ConnectionRecord,
+    ) -> None:
+        config = self.config
+        options = config.tls_options
+        raw = socket.socket(fileno=sock.detach())
+        try:
+            tls = tls_over(raw, context, server_side=True)
+        except (ssl.SSLError, ValueError, OSError) as error:
+            raw.close()
+            raise Fatal(EXIT_ENGINE, f"unable to set up the TLS engine: {error}") from None
+        try:
+            variables = await establish(
+                tls, options, server_side=True, report_resumption=config.report_resumption
+            )
+            config.log.info(
+                " ".join(f"{k}={v}" for k, v in variables.items() if v is not None), level=2
+            )
+            apply_variables(env, variables)
+            to_prog_read, to_prog_write = os.pipe()
+            from_prog_read, from_prog_write = os.pipe()
+            try:
+                process = await self._spawn(argv, env, stdin=to_prog_read, stdout=from_prog_write)
+            except BaseException:
+                os.close(to_prog_write)
+                os.close(from_prog_read)
+                raise
+            finally:
+                os.close(to_prog_read)
+                os.close(from_prog_write)
+            record.env = env
+            try:
+                local = FdPairStream(from_prog_read, to_prog_write)
+                try:
+                    await tunnel(tls, local, options)
+                except Fatal as error:
+                    config.log.warn(
+                        f"connection from {record.remote[0]} port {record.remote[1]}: {error.message}"
+                    )
+                    record.engine_status = error.exit_code
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await tls.aclose()
+                        await local.aclose()
+                record.prog_status = await process.wait()
+            finally:
+                await self._settle(process)
+        finally:
+            with trio.CancelScope(shield=True):
+                await tls.aclose()
+
+
+async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[await sock.send(view) :]
+
+
+async def _reverse_lookup(ip: str) -> str | None:
+    try:
+        host, _ = await trio.socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)
+    except (OSError, UnicodeError):
+        return None
+    return host
+
+
+async def _resolves_to(name: str, ip: str) -> bool:
+    try:
+        infos = await trio.socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return any(canonical_ip(str(info[4][0])) == ip for info in infos)
+
+
+async def serve(
+    listeners: list[trio.SocketListener],
+    config: ServerConfig,
+    *,
+    on_finished: Callable[[ConnectionRecord], None] | None = None,
+    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve connections on ``listeners`` until :meth:`Server.stop_accepting`
+    (then return once every open connection has ended) or cancellation (then
+    every prog still running is killed and reaped, unless
+    :meth:`Server.exit_now` was asked to abandon them).
+
+    ``await nursery.start(serve, ...)`` returns the :class:`Server`; the
+    listeners are already accepting (the kernel queues clients) by then.
+    ``on_finished`` is called once per ended connection, refused ones
+    included.
+    """
+    server = Server(config, on_finished)
+    for listener in listeners:
+        name = listener.socket.getsockname()
+        server.addresses.append((str(name[0]), int(name[1])))
+    with server.cancel_scope:
+        task_status.started(server)
+        async with trio.open_nursery() as connections:
+            with server.accept_scope:
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(server.accept_loop, listener, connections)
+            # Not accepting any more: refuse newcomers rather than queue them.
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
+
+
+def bind(ip: str, port: int, backlog: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on ``ip:port`` (port 0: any free port), made
+    before ``trio.run`` so that workers can be forked after it. Raises
+    :class:`Fatal` (111) on failure."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as error:
+        raise Fatal(EXIT_SYSTEM, f"unable to create socket: {describe_os_error(error)}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((ip, port))
+        sock.listen(backlog)
+    except OSError as error:
+        sock.close()
+        raise Fatal(
+            EXIT_SYSTEM, f"unable to bind to {ip} port {port}: {describe_os_error(error)}"
+        ) from None
+    return sock
+
+
+def listener_from(sock: socket.socket) -> trio.SocketListener:
+    """Inside ``trio.run``: a Trio listener over a socket from :func:`bind`."""
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def default_signal_actions() -> dict[int, str]:
+    """What each signal means to the super-servers (SPEC.md)."""
+    return {
+        signal.SIGTERM: "stop accepting, exit when idle (TLS) / at once (TCP)",
+        signal.SIGHUP: "SIGTERM + SIGCONT to every prog",
+        signal.SIGQUIT: "SIGTERM + SIGCONT to every prog, then exit",
+        signal.SIGABRT: "SIGKILL to every prog, then exit",
+        signal.SIGUSR1: "reload the certificates (s6-tlsserver)",
+    }
