@@ -1,0 +1,62 @@
+"""s6-ucspitlsc: exec prog at once with the cleartext network on fds 6/7 (or
+``-6``/``-7``) and the UCSPI-TLS fds in SSLCTLFD/SSLREADFD/SSLWRITEFD; a
+child waits for prog to ask for TLS, then runs the client engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .._cli import Opt, Parsed, Program, uint
+from .._errors import UsageError
+from . import _options
+
+KEEP_ENV_HELP = """\
+  -Z, --keep                    keep CADIR, CAFILE, CERTFILE, KEYFILE, ... in prog's env
+  -z, --no-keep                 remove them from prog's environment (default)
+  -6 FD                         the network is read from FD (default 6)
+  -7 FD                         the network is written to FD (default 7)
+"""
+
+PROGRAM = Program(
+    "s6-ucspitlsc",
+    "s6-ucspitlsc [ -S | -s ] [ -J | -j ] [ -Y | -y ] [ -v verbosity ] [ -K timeout ] "
+    "[ -Z | -z ] [ -k servername ] [ -6 rfd ] [ -7 wfd ] [ -- ] prog...",
+    "Opportunistic TLS, client side (UCSPI-TLS). Execs into prog at once, the\n"
+    "cleartext network still on fds 6/7 (or rfd/wfd), with SSLCTLFD, SSLREADFD\n"
+    "and SSLWRITEFD in its environment. When prog writes 'y' (or 'Y': also send\n"
+    "the SSL_* block back) on SSLCTLFD, a child performs the TLS handshake on the\n"
+    "network and prog then talks cleartext to SSLREADFD/SSLWRITEFD. Closing\n"
+    "SSLCTLFD declines TLS. -v 2 logs accepted/declined.\n\n"
+    + _options.CLIENT_TLS_HELP
+    + KEEP_ENV_HELP
+    + "\n"
+    + _options.ENV_HELP_CLIENT
+    + "\n"
+    + _options.EXIT_HELP,
+)
+NETWORK_FDS = [
+    Opt("6", None, "network_read", parse=uint),
+    Opt("7", None, "network_write", parse=uint),
+]
+OPTIONS = _options.CLIENT_TLS + _options.KEEP_ENV + NETWORK_FDS
+
+
+def run(parsed: Parsed) -> int:
+    if not parsed.operands:
+        raise UsageError("no program to run")
+    from .._tlsconfig import TLSOptions
+    from .._ucspitls import ucspitls_then_exec
+
+    options = TLSOptions(**_options.tls_option_values(parsed.values))
+    return ucspitls_then_exec(
+        parsed.operands,
+        name=PROGRAM.name,
+        options=options,
+        server_side=False,
+        network=(parsed.values.get("network_read", 6), parsed.values.get("network_write", 7)),
+        keep_tls=bool(parsed.values.get("keep_env", False)),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return PROGRAM.main(argv, OPTIONS, run)
