@@ -40,9 +40,11 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -52,7 +54,13 @@ from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, describe_os_error
 from ._fdstreams import FdPairStream
 from ._handshake_info import apply_variables
 from ._log import Log
-from ._tlsconfig import TLSOptions, is_tls_variable
+from ._tlsconfig import (
+    TLSOptions,
+    drop_privileges,
+    is_tls_variable,
+    parse_identity,
+    server_context,
+)
 from ._ucspi import canonical_ip, tcp_environment
 
 
@@ -525,12 +533,204 @@ def listener_from(sock: socket.socket) -> trio.SocketListener:
     return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
-def default_signal_actions() -> dict[int, str]:
-    """What each signal means to the super-servers (SPEC.md)."""
-    return {
-        signal.SIGTERM: "stop accepting, exit when idle (TLS) / at once (TCP)",
-        signal.SIGHUP: "SIGTERM + SIGCONT to every prog",
-        signal.SIGQUIT: "SIGTERM + SIGCONT to every prog, then exit",
-        signal.SIGABRT: "SIGKILL to every prog, then exit",
-        signal.SIGUSR1: "reload the certificates (s6-tlsserver)",
-    }
+# -- the programs: s6-tcpserver and s6-tlsserver ---------------------------
+
+#: Signals the programs act on; blocked from start-up until a handler is in
+#: place, so that one sent right after the readiness line is not lost.
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGABRT, signal.SIGUSR1)
+
+
+def configure_resumption(context: ssl.SSLContext, enabled: bool) -> ssl.SSLContext:
+    """Session tickets only with ``--resumption``: the C tools resume nothing,
+    and a full handshake without tickets is cheaper."""
+    if not enabled:
+        context.num_tickets = 0
+        context.options |= ssl.OP_NO_TICKET
+    return context
+
+
+def launch_program(name: str, settings: Mapping[str, Any]) -> int:
+    """Everything s6-tcpserver / s6-tlsserver do after parsing options:
+    load the TLS context (errors before any network I/O), bind, drop to
+    ``TLS_UID``/``TLS_GID``, announce readiness (``-1``), then serve in this
+    process or in ``--workers`` forked processes (forked before ``trio.run``,
+    each with its own ``SO_REUSEPORT`` socket on the same port)."""
+    log = Log(name, settings["verbosity"])
+    env = dict(os.environ)
+    tls_options: TLSOptions | None = settings.get("tls_options")
+    resumption = bool(settings.get("resumption", False))
+    context: ssl.SSLContext | None = None
+    reload: Callable[[], ssl.SSLContext] | None = None
+    identity: tuple[int | None, int | None] = (None, None)
+    if tls_options is not None:
+        options = tls_options
+        identity = parse_identity(env)
+
+        def load_context() -> ssl.SSLContext:
+            return configure_resumption(server_context(os.environ, options), resumption)
+
+        context = load_context()
+        reload = load_context
+    rules_dir = settings["rules_dir"]
+    if rules_dir is not None and not os.path.isdir(rules_dir):
+        raise Fatal(EXIT_SYSTEM, f"unable to read rules directory {rules_dir}")
+    config = ServerConfig(
+        argv=list(settings["argv"]),
+        context=context,
+        tls_options=tls_options or TLSOptions(verbosity=settings["verbosity"]),
+        base_env=env,
+        max_conn=settings["max_conn"],
+        max_per_ip=settings["max_per_ip"],
+        rules_dir=rules_dir,
+        access_timeout_ms=settings["access_timeout_ms"],
+        proxy=settings["proxy"],
+        banner=settings["banner"],
+        remote_lookup=settings["remote_lookup"],
+        paranoid=settings["paranoid"],
+        local_name=settings["local_name"],
+        warn_lookup_failure=settings["warn_lookup_failure"],
+        nodelay=settings["nodelay"],
+        uid=settings["uid"],
+        gid=settings["gid"],
+        groups=settings["groups"],
+        keep_env=bool(settings.get("keep_env", False)),
+        report_resumption=resumption,
+        log=log,
+    )
+    workers = settings["workers"]
+    backlog = settings["backlog"] if settings["backlog"] is not None else socket.SOMAXCONN
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    first = bind(settings["ip"], settings["port"], backlog, reuse_port=workers > 1)
+    port = first.getsockname()[1]
+    sockets = [first] + [
+        bind(settings["ip"], port, backlog, reuse_port=True) for _ in range(workers - 1)
+    ]
+    drop_privileges(*identity)
+    if settings["readiness"]:
+        _announce(port)
+    if workers == 1:
+        return _run_worker(first, config, reload)
+    return _fork_workers(sockets, config, reload)
+
+
+def _announce(port: int) -> None:
+    """``-1``: the port and a newline on stdout, then stdout closed (fd 1
+    kept open on /dev/null so that no later fd takes its number)."""
+    try:
+        os.write(1, f"{port}\n".encode())
+    except OSError as error:
+        raise Fatal(EXIT_SYSTEM, f"unable to write readiness: {describe_os_error(error)}") from None
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+
+
+def _run_worker(
+    sock: socket.socket, config: ServerConfig, reload: Callable[[], ssl.SSLContext] | None
+) -> int:
+    async def main() -> int:
+        with trio.open_signal_receiver(*HANDLED_SIGNALS) as receiver:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            async with trio.open_nursery() as nursery:
+
+                async def serve_then_stop(
+                    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+                ) -> None:
+                    try:
+                        await serve([listener_from(sock)], config, task_status=task_status)
+                    finally:
+                        nursery.cancel_scope.cancel()
+
+                server: Server = await nursery.start(serve_then_stop)
+                nursery.start_soon(_obey_signals, receiver, server, reload)
+        return 0
+
+    return trio.run(main)
+
+
+async def _obey_signals(
+    receiver: AsyncIterator[int], server: Server, reload: Callable[[], ssl.SSLContext] | None
+) -> None:
+    """SPEC.md's signals. Repeats may coalesce; each action is idempotent."""
+    log = server.config.log
+    plain = server.config.context is None
+    async for signum in receiver:
+        log.info(f"received {signal.Signals(signum).name}", level=2)
+        if signum == signal.SIGTERM:
+            server.stop_accepting()
+            if plain:  # progs own their sockets: they outlive us, as with the C tool
+                server.exit_now(abandon_children=True)
+        elif signum in (signal.SIGHUP, signal.SIGQUIT):
+            server.signal_children(signal.SIGTERM)
+            server.signal_children(signal.SIGCONT)
+            if signum == signal.SIGQUIT:
+                server.exit_now(abandon_children=True)
+        elif signum == signal.SIGABRT:
+            server.signal_children(signal.SIGKILL)
+            server.exit_now()
+        elif signum == signal.SIGUSR1 and reload is not None:
+            try:
+                server.reload(reload())
+            except Fatal as error:
+                log.warn(f"certificate reload failed, keeping the old ones: {error.message}")
+            else:
+                log.info("certificates reloaded", level=2)
+
+
+def _fork_workers(
+    sockets: list[socket.socket], config: ServerConfig, reload: Callable[[], ssl.SSLContext] | None
+) -> int:
+    """One worker per socket; we stay as a supervisor that forwards signals
+    and exits when every worker has."""
+    log = config.log
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pids: list[int] = []
+    for sock in sockets:
+        pid = os.fork()
+        if pid == 0:  # the worker: no trio loop and no thread exists yet
+            code = EXIT_SYSTEM
+            try:
+                for other in sockets:
+                    if other is not sock:
+                        other.close()
+                code = _run_worker(sock, config, reload)
+            except Fatal as error:
+                log.fatal(error.message)
+                code = error.exit_code
+            except BaseException as error:
+                log.fatal(f"worker failed: {error!r}")
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        pids.append(pid)
+    for sock in sockets:
+        sock.close()
+    return _supervise(pids, log)
+
+
+def _supervise(pids: list[int], log: Log) -> int:
+    live = set(pids)
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in list(live):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for signum in HANDLED_SIGNALS:
+        signal.signal(signum, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    status = 0
+    while live:
+        try:
+            pid, wait_status = os.waitpid(-1, 0)  # retried after a handler (PEP 475)
+        except ChildProcessError:
+            break
+        if pid not in live:
+            continue
+        live.discard(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if code:
+            log.warn(f"worker {pid} ended with status {code}")
+            status = status or (code if code > 0 else EXIT_SYSTEM)
+    return status
