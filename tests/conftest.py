@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -69,6 +70,12 @@ class Pki:
     ca_file: Path  # PEM of the CA
     server_pem: Path  # chain + key for localhost, 127.0.0.1, ::1
     client_pem: Path  # chain + key, a client certificate from the same CA
+    client_der: bytes  # the client's end-entity certificate
+
+    @property
+    def client_cert_env(self) -> dict[str, str]:
+        """CERTFILE/KEYFILE for a client that sends its certificate (-y)."""
+        return {"CERTFILE": str(self.client_pem), "KEYFILE": str(self.client_pem)}
 
     @property
     def server_env(self) -> dict[str, str]:
@@ -97,10 +104,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     server = ca.issue_cert("localhost", "127.0.0.1", "::1", common_name="localhost")
     server_pem = directory / "server.pem"
     server.private_key_and_cert_chain_pem.write_to_path(str(server_pem))
-    client = ca.issue_cert("client.example", common_name="test client", organization_name="Clients, Inc.")
+    client = ca.issue_cert(
+        "client.example",
+        common_name="test client",
+        organization_name="Clients, Inc.",
+        organization_unit_name="QA",
+    )
     client_pem = directory / "client.pem"
     client.private_key_and_cert_chain_pem.write_to_path(str(client_pem))
-    return Pki(directory, ca, ca_file, server_pem, client_pem)
+    client_der = ssl.PEM_cert_to_DER_cert(client.cert_chain_pems[0].bytes().decode())
+    return Pki(directory, ca, ca_file, server_pem, client_pem, client_der)
 
 
 @pytest.fixture

@@ -1,0 +1,409 @@
+"""s6-tlsc-io and s6-tlsd-io end to end: the installed programs as
+subprocesses, against each other (over loopback TCP, the SSLSocket path, and
+over pipes, the memory-BIO path) and against openssl s_client / s_server.
+
+Rules: loopback only, port 0; every subprocess wait has a timeout; threads
+move the bulk data so nothing depends on pipe buffer sizes; no sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+from conftest import Pki, program, spawn
+from trio_s6tls import decode_notification
+
+TIMEOUT = 30
+MiB = 1 << 20
+
+
+def one_line(stderr: bytes, prog: str, kind: str = "fatal") -> str:
+    """stderr must be exactly one ``PROG: kind: ...`` line, no traceback."""
+    text = stderr.decode()
+    assert "Traceback" not in text
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    assert lines[0].startswith(f"{prog}: {kind}: "), text
+    return lines[0]
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    """Poll a condition another thread makes true, within TIMEOUT."""
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+class Sink(threading.Thread):
+    """Read an fd to EOF in the background, hashing (or keeping) the bytes."""
+
+    def __init__(self, fd: int, keep: bool = False) -> None:
+        super().__init__(daemon=True)
+        self.fd, self.keep = fd, keep
+        self.hash, self.count, self.data = hashlib.sha256(), 0, bytearray()
+        self.start()
+
+    def run(self) -> None:
+        with open(self.fd, "rb", buffering=0) as file:
+            while chunk := file.read(MiB):
+                self.hash.update(chunk)
+                self.count += len(chunk)
+                if self.keep:
+                    self.data += chunk
+
+    def result(self) -> tuple[int, str]:
+        self.join(TIMEOUT)
+        assert not self.is_alive(), "reader did not see EOF"
+        return self.count, self.hash.hexdigest()
+
+
+class Source(threading.Thread):
+    """Write bytes to an fd in the background, then close it (EOF)."""
+
+    def __init__(self, fd: int, data: bytes) -> None:
+        super().__init__(daemon=True)
+        self.fd, self.data = fd, data
+        self.start()
+
+    def run(self) -> None:
+        with open(self.fd, "wb", buffering=0) as file:
+            try:
+                file.write(self.data)
+            except BrokenPipeError:
+                pass
+
+
+@dataclass
+class Engine:
+    """A running engine and our ends of its local (cleartext) side."""
+
+    proc: subprocess.Popen[bytes]
+    to_app: int  # we write here: what the engine sends to the network
+    from_app: int  # we read here: what the engine received from the network
+
+    def finish(self) -> tuple[int, bytes]:
+        _, err = self.proc.communicate(timeout=TIMEOUT)
+        return self.proc.returncode, err
+
+
+def start_server(args: list[str], net_read: int, net_write: int, env: dict[str, str], extra: dict[int, int] | None = None) -> Engine:
+    local_in_r, local_in_w = os.pipe()
+    local_out_r, local_out_w = os.pipe()
+    proc = spawn(["s6-tlsd-io", *args, "3", "4"], {0: net_read, 1: net_write, 3: local_in_r, 4: local_out_w, **(extra or {})}, env)
+    os.close(local_in_r)
+    os.close(local_out_w)
+    return Engine(proc, local_in_w, local_out_r)
+
+
+def start_client(args: list[str], net_read: int, net_write: int, env: dict[str, str], extra: dict[int, int] | None = None) -> Engine:
+    local_in_r, local_in_w = os.pipe()
+    local_out_r, local_out_w = os.pipe()
+    proc = spawn(["s6-tlsc-io", *args, "6", "7"], {0: local_in_r, 1: local_out_w, 6: net_read, 7: net_write, **(extra or {})}, env)
+    os.close(local_in_r)
+    os.close(local_out_w)
+    return Engine(proc, local_in_w, local_out_r)
+
+
+Network = tuple[tuple[int, int], tuple[int, int]]
+
+
+@pytest.fixture(params=["tcp", "pipes"])
+def network(request: pytest.FixtureRequest) -> Iterator[Network]:
+    """(client read, client write), (server read, server write); the fds are
+    handed over to the engines (start_pair closes our copies: an EOF on a
+    pipe needs every write end closed)."""
+    if request.param == "tcp":
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname()[:2])
+            server, _ = listener.accept()
+        yield (client.detach(),) * 2, (server.detach(),) * 2  # type: ignore[misc]
+    else:
+        c2s_r, c2s_w = os.pipe()
+        s2c_r, s2c_w = os.pipe()
+        yield (s2c_r, c2s_w), (c2s_r, s2c_w)
+
+
+def start_pair(pki: Pki, network: Network, client_args: list[str], server_args: list[str], env: dict[str, str] | None = None) -> tuple[Engine, Engine]:
+    env = env or pki.env()
+    (cr, cw), (sr, sw) = network
+    server = start_server(server_args, sr, sw, env)
+    client = start_client(client_args, cr, cw, env)
+    for fd in {cr, cw, sr, sw}:
+        os.close(fd)
+    return client, server
+
+
+# -- data integrity ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_8_mib_both_ways_at_once(pki: Pki, network: Network, version: str) -> None:
+    up, down = os.urandom(8 * MiB), os.urandom(8 * MiB)
+    client, server = start_pair(pki, network, ["-k", "localhost", "--max-version", version], [])
+    got_by_server, got_by_client = Sink(server.from_app), Sink(client.from_app)
+    Source(client.to_app, up)
+    Source(server.to_app, down)
+    assert got_by_server.result() == (len(up), hashlib.sha256(up).hexdigest())
+    assert got_by_client.result() == (len(down), hashlib.sha256(down).hexdigest())
+    assert client.finish()[0] == 0
+    assert server.finish()[0] == 0
+
+
+def test_half_close_then_multi_mib_reply(pki: Pki, network: Network) -> None:
+    """-s: the client sends its request and EOF; the reply still arrives."""
+    client, server = start_pair(pki, network, ["-s"], ["-s"])
+    Source(client.to_app, b"GET /big\n")
+    request = Sink(server.from_app, keep=True)
+    assert request.result()[0] == 9  # EOF reached the server app first
+    reply = os.urandom(6 * MiB)
+    got = Sink(client.from_app)
+    Source(server.to_app, reply)
+    assert got.result() == (len(reply), hashlib.sha256(reply).hexdigest())
+    assert client.finish()[0] == 0
+    assert server.finish()[0] == 0
+
+
+def test_peer_close_notify_after_our_half_close_is_clean(pki: Pki, network: Network) -> None:
+    client, server = start_pair(pki, network, ["-s", "-J"], ["-S"])
+    Source(client.to_app, b"request")
+    assert Sink(server.from_app).result()[0] == 7
+    got = Sink(client.from_app)
+    Source(server.to_app, b"reply" * 1000)
+    assert got.result()[0] == 5000
+    assert client.finish() == (0, b"")  # -J: the server's close_notify made it clean
+    assert server.finish() == (0, b"")
+
+
+# -- real peers ------------------------------------------------------------------
+
+
+def accept_one(listener: socket.socket) -> socket.socket:
+    listener.settimeout(TIMEOUT)
+    accepted, _ = listener.accept()
+    return accepted
+
+
+def test_tlsd_io_with_openssl_s_client(pki: Pki) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        s_client = subprocess.Popen(
+            ["openssl", "s_client", "-quiet", "-verify_return_error", "-CAfile", str(pki.ca_file),
+             "-servername", "localhost", "-connect", f"127.0.0.1:{listener.getsockname()[1]}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        accepted = accept_one(listener)
+    # -S: s_client wants a close_notify (a bare FIN makes it answer with an
+    # alert, which the engine then rightly reports as a TLS error)
+    server = start_server(["-S", "-d", "5"], accepted.fileno(), accepted.fileno(), pki.env(), {5: (notify := os.pipe())[1]})
+    os.close(notify[1])
+    accepted.close()
+    got = Sink(server.from_app, keep=True)
+    reply = b"pong from the server\n" * 5000
+    s_client.stdin.write(b"ping from openssl\n")  # type: ignore[union-attr]
+    s_client.stdin.flush()  # type: ignore[union-attr]
+    # After -S's close_notify incoming data is discarded: reply once the ping is in.
+    wait_for(lambda: bytes(got.data) == b"ping from openssl\n")
+    Source(server.to_app, reply)
+    out, _ = s_client.communicate(timeout=TIMEOUT)
+    assert out == reply
+    got.result()
+    assert server.finish() == (0, b"")
+    variables = decode_notification(read_all(notify[0]))
+    assert variables["SSL_TLS_SNI_SERVERNAME"] == "localhost"
+
+
+def openssl_port(s_server: subprocess.Popen[bytes]) -> int:
+    """The port from s_server's ``ACCEPT 127.0.0.1:PORT`` line."""
+    assert s_server.stdout is not None
+    for _ in range(5):
+        found = re.match(rb"ACCEPT .*:(\d+)$", s_server.stdout.readline().strip())
+        if found:
+            return int(found.group(1))
+    raise AssertionError("openssl s_server did not say where it listens")
+
+
+def test_tlsc_io_with_openssl_s_server(pki: Pki) -> None:
+    s_server = subprocess.Popen(
+        ["openssl", "s_server", "-rev", "-naccept", "1", "-accept", "127.0.0.1:0", "-cert", str(pki.server_pem)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert s_server.stdout is not None
+        port = openssl_port(s_server)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        client = start_client(["-k", "localhost", "-J"], sock.fileno(), sock.fileno(), pki.env())
+        sock.close()
+        got = Sink(client.from_app, keep=True)
+        with open(client.to_app, "wb", buffering=0) as app:
+            app.write(b"hello s_server\n")
+            wait_for(lambda: b"revres_s olleh" in got.data)  # s_server answers per line
+            app.write(b"CLOSE\n")  # s_server -rev: "CLOSE" ends the connection
+            got.result()  # our write side stays open until s_server has closed
+        assert bytes(got.data).startswith(b"revres_s olleh\n")
+        assert client.finish() == (0, b"")  # -J passes: s_server sent close_notify
+    finally:
+        s_server.kill()
+        s_server.communicate(timeout=TIMEOUT)
+
+
+def read_all(fd: int) -> bytes:
+    with open(fd, "rb", buffering=0) as file:
+        return file.read()
+
+
+# -- close semantics seen by a peer -----------------------------------------------
+
+
+def tls_client(pki: Pki, port: int, *, cert: bool = False, servername: str | None = "localhost") -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    if servername is None:
+        context.check_hostname = False
+    if cert:
+        context.load_cert_chain(str(pki.client_pem))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    return context.wrap_socket(raw, server_hostname=servername, suppress_ragged_eofs=False)
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        sock.settimeout(TIMEOUT)
+        yield sock
+
+
+def serve_one(listener: socket.socket, args: list[str], env: dict[str, str], extra: dict[int, int] | None = None) -> Engine:
+    """s6-tlsd-io on the next connection to ``listener``."""
+    accepted = accept_one(listener)
+    try:
+        return start_server(args, accepted.fileno(), accepted.fileno(), env, extra)
+    finally:
+        accepted.close()
+
+
+def connect_and_serve(pki: Pki, listener: socket.socket, args: list[str], env: dict[str, str] | None = None, **client: object) -> tuple[ssl.SSLSocket, Engine]:
+    """A Python TLS client and an s6-tlsd-io for it (handshake completed)."""
+    port = listener.getsockname()[1]
+    result: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: result.update(sock=tls_client(pki, port, **client)))  # type: ignore[arg-type]
+    thread.start()
+    engine = serve_one(listener, args, env or pki.env())
+    thread.join(TIMEOUT)
+    return result["sock"], engine  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(("flag", "clean"), [("-S", True), ("-s", False)])
+def test_close_notify_is_sent_only_with_S(pki: Pki, listener: socket.socket, flag: str, clean: bool) -> None:
+    sock, server = connect_and_serve(pki, listener, [flag])
+    Source(server.to_app, b"bye")
+    assert sock.recv(100) == b"bye"
+    if clean:
+        assert sock.recv(100) == b""  # close_notify: a clean TLS end
+    else:
+        with pytest.raises(ssl.SSLEOFError):
+            sock.recv(100)  # TCP FIN without close_notify
+    sock.close()
+    os.close(server.from_app)
+    code, err = server.finish()
+    if clean:
+        assert (code, err) == (0, b"")
+    else:  # a strict OpenSSL peer answers a bare FIN with an alert: reported
+        assert code == 98
+        assert "ALERT_DECODE_ERROR" in one_line(err, "s6-tlsd-io")
+
+
+@pytest.mark.parametrize(("flag", "status"), [("-j", 0), ("-J", 98)])
+def test_ragged_eof_from_peer(pki: Pki, listener: socket.socket, flag: str, status: int) -> None:
+    sock, server = connect_and_serve(pki, listener, [flag])
+    got = Sink(server.from_app, keep=True)
+    sock.sendall(b"request")
+    socket.socket.shutdown(sock, socket.SHUT_WR)  # FIN, no close_notify
+    got.result()
+    assert bytes(got.data) == b"request"
+    if status == 0:  # the reply still goes out after the peer's ragged half-close
+        Source(server.to_app, b"reply" * 10000)
+        received = b""
+        while len(received) < 50000:
+            received += sock.recv(65536)
+        assert received == b"reply" * 10000
+    else:
+        os.close(server.to_app)
+    code, err = server.finish()
+    assert code == status
+    if status:
+        assert "without a close_notify" in one_line(err, "s6-tlsd-io")
+    sock.close()
+
+
+def test_eof_in_the_middle_of_a_record_is_fatal_even_with_j(pki: Pki, listener: socket.socket) -> None:
+    sock, server = connect_and_serve(pki, listener, ["-j"])
+    raw = socket.socket(fileno=os.dup(sock.fileno()))
+    raw.sendall(struct.pack("!BHH", 23, 0x0303, 1000) + b"\0" * 10)  # header + 10 of 1000 bytes
+    raw.shutdown(socket.SHUT_WR)
+    code, err = server.finish()
+    assert code == 98
+    assert "middle of a TLS record" in one_line(err, "s6-tlsd-io")
+    raw.close()
+    sock.close()
+
+
+def test_handshake_timeout_against_a_silent_peer(pki: Pki, listener: socket.socket) -> None:
+    silent = socket.create_connection(listener.getsockname()[:2])
+    start = time.monotonic()
+    server = serve_one(listener, ["-K", "300"], pki.env())
+    code, err = server.finish()
+    elapsed = time.monotonic() - start
+    assert code == 98
+    assert "timed out" in one_line(err, "s6-tlsd-io")
+    assert elapsed < 1.0
+    silent.close()
+
+
+# -- notification, SNI, client certificates ----------------------------------------
+
+
+def test_notification_blocks_on_both_sides(pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    client_sock, server_sock = tcp_pair
+    server_notify = os.pipe()
+    client_notify = os.pipe()
+    env = pki.env()
+    server = start_server(["-Y", "-d", "5"], server_sock.fileno(), server_sock.fileno(), env, {5: server_notify[1]})
+    client = start_client(
+        ["-y", "-k", "localhost", "-d", "5"], client_sock.fileno(), client_sock.fileno(),
+        pki.env(**pki.client_cert_env), {5: client_notify[1]},
+    )
+    os.close(server_notify[1])
+    os.close(client_notify[1])
+    server_block = read_all(server_notify[0])
+    client_block = read_all(client_notify[0])
+    for engine in (client, server):
+        os.close(engine.to_app)
+        os.close(engine.from_app)
+    assert client.finish() == (0, b"")
+    assert server.finish() == (0, b"")
+    assert server_block.endswith(b"\0\0") and client_block.endswith(b"\0\0")
+    server_vars = decode_notification(server_block)
+    client_vars = decode_notification(client_block)
+    assert server_vars == {
+        "SSL_PROTOCOL": "TLSv1.3",
+        "SSL_CIPHER": "TLS_AES_256_GCM_SHA384",
+        "SSL_TLS_SNI_SERVERNAME": "localhost",
+        "SSL_PEER_CERT_HASH": "SHA256:" + hashlib.sha256(pki.client_der).hexdigest(),
+        "SSL_PEER_CERT_SUBJECT": "O=Clients\\, Inc., OU=QA, CN=test client",
+    }
+    assert client_vars["SSL_TLS_SNI_SERVERNAME"] == "localhost"
+    assert client_vars["SSL_PEER_CERT_SUBJECT"].endswith(", CN=localhost")  # type: ignore[union-attr]
+    assert server_block.count(b"\0") == 6  # five entries and the final NUL
