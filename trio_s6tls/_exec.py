@@ -83,6 +83,18 @@ def wait_exit_code(pid: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+def high_pipe() -> tuple[int, int]:
+    """A close-on-exec pipe whose ends sit above every fd number an
+    interface names, so that placing prog's fds cannot overwrite them."""
+    ends = os.pipe()
+    try:
+        return fcntl.fcntl(ends[0], fcntl.F_DUPFD_CLOEXEC, _PARK_FLOOR), fcntl.fcntl(
+            ends[1], fcntl.F_DUPFD_CLOEXEC, _PARK_FLOOR
+        )
+    finally:
+        close_fds(ends)
+
+
 def install_fds(placement: Mapping[int, int]) -> None:
     """Make each ``target`` fd a copy of its ``source`` (``{target: source}``),
     inheritable, and close the sources that are not targets themselves."""
@@ -117,7 +129,7 @@ def null_fds(fds: Iterable[int]) -> None:
     try:
         for fd in fds:
             if fd != null:
-                os.dup2(null, fd, inheritable=False)
+                os.dup2(null, fd, inheritable=True)
     finally:
         if null not in fds:
             os.close(null)
@@ -242,9 +254,9 @@ def handshake_then_exec(
     failure: the engine's exit code (prog never started), or raises
     :class:`Fatal`."""
     check_open(network)
-    to_prog_read, to_prog_write = os.pipe()  # engine → prog (cleartext)
-    from_prog_read, from_prog_write = os.pipe()  # prog → engine (cleartext)
-    notify_read, notify_write = os.pipe()
+    to_prog_read, to_prog_write = high_pipe()  # engine → prog (cleartext)
+    from_prog_read, from_prog_write = high_pipe()  # prog → engine (cleartext)
+    notify_read, notify_write = high_pipe()
     own_stdio = [fd for fd in (0, 1) if fd not in network]
 
     def engine() -> int:

@@ -1,0 +1,462 @@
+"""s6-tlsc and s6-tlsd end to end: handshake first, then exec prog in the
+same process with the tunnel on its fds and the SSL_* variables.
+
+Rules: loopback only, port 0; every wait is bounded (``finish`` kills what
+overstays); no sleeps; peers we did not write (openssl s_client/s_server)
+where the issue asks for them. ``finish`` also waits for EOF on stderr,
+which every engine child holds: a test that finishes proves the engine
+child did not outlive the session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+from _wrapper_util import (
+    TIMEOUT,
+    finish,
+    first_certificate_der,
+    parse_env,
+    read_line_matching,
+    reaped,
+    sh,
+    tls_client,
+)
+from conftest import Pki, program, spawn
+
+MiB = 1 << 20
+
+TLS_CONFIGURATION = ("CADIR", "CAFILE", "CERTFILE", "KEYFILE", "TLS_UID", "TLS_GID")
+
+
+def server_env(pki: Pki, **extra: str) -> dict[str, str]:
+    """Every TLS variable set (so we can see which ones prog gets), a stale
+    SSL_PEER_CERT_HASH (it must be unset for prog), a UCSPI variable that
+    must pass through."""
+    identity = str(os.getuid()), str(os.getgid())
+    return pki.env(
+        CADIR=str(pki.dir),
+        TLS_UID=identity[0],
+        TLS_GID=identity[1],
+        **{
+            "KEYFILE:other.example": str(pki.server_pem),
+            "CERTFILE:other.example": str(pki.server_pem),
+        },
+        SSL_PEER_CERT_HASH="stale",
+        PROTO="TCP",
+        TCPREMOTEIP="127.0.0.1",
+        **extra,
+    )
+
+
+REPORT_SCRIPT = (
+    "import os, sys\n"
+    "open(sys.argv[1] + '.pid', 'w').write(str(os.getpid()))\n"
+    "open(sys.argv[1] + '.env', 'w').write(''.join(f'{k}={v}\\n' for k, v in os.environ.items()))\n"
+    "print('ready')\n"
+)
+
+
+def tlsd_prog_report(report: Path) -> list[str]:
+    """A server prog that records its pid and its whole environment (sh
+    would drop names like ``KEYFILE:x``), then answers."""
+    return [sys.executable, "-c", REPORT_SCRIPT, str(report)]
+
+
+def run_tlsd_under_listener(
+    pki: Pki, prog: list[str], flags: list[str], env: dict[str, str], client_argv: list[str]
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], bytes, bytes, bytes]:
+    """Accept one connection from ``client_argv`` (which gets ``{port}``
+    filled in) and run s6-tlsd + prog on it. Returns both processes and the
+    client's output, the client's stderr and s6-tlsd's stderr."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        client = subprocess.Popen(
+            [part.format(port=port) for part in client_argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        listener.settimeout(TIMEOUT)
+        connection, _ = listener.accept()
+    with connection, reaped(client):
+        tlsd = spawn(
+            ["s6-tlsd", *flags, "--", *prog], {0: connection.fileno(), 1: connection.fileno()}, env
+        )
+        connection.close()
+        with reaped(tlsd):
+            _, tlsd_err = finish(tlsd)
+            out, err = finish(client)
+    return tlsd, client, out, err, tlsd_err
+
+
+def s_client(pki: Pki, *extra: str) -> list[str]:
+    return [
+        "openssl", "s_client", "-connect", "127.0.0.1:{port}", "-CAfile", str(pki.ca_file),
+        "-verify_return_error", "-ign_eof", "-quiet", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["default-z", "Z"])
+def test_tlsd_with_openssl_s_client_env_and_pid(pki: Pki, tmp_path: Path, keep: bool) -> None:
+    report = tmp_path / "report"
+    flags = ["-Z"] if keep else ["-z"]
+    env = server_env(pki)
+    tlsd, _, out, err, tlsd_err = run_tlsd_under_listener(
+        pki, tlsd_prog_report(report), flags, env, s_client(pki, "-servername", "localhost")
+    )
+    assert tlsd.returncode == 0, tlsd_err
+    assert out == b"ready\n", err
+    assert int((tmp_path / "report.pid").read_text()) == tlsd.pid  # exec'd in place
+    seen = parse_env((tmp_path / "report.env").read_text())
+    assert seen["SSL_PROTOCOL"] in ("TLSv1.2", "TLSv1.3")
+    assert seen["SSL_CIPHER"]
+    assert seen["SSL_TLS_SNI_SERVERNAME"] == "localhost"
+    assert "SSL_PEER_CERT_HASH" not in seen  # unset by the notification
+    assert "SSL_PEER_CERT_SUBJECT" not in seen
+    assert seen["PROTO"] == "TCP" and seen["TCPREMOTEIP"] == "127.0.0.1"
+    tls_names = [*TLS_CONFIGURATION, "KEYFILE:other.example", "CERTFILE:other.example"]
+    for name in tls_names:
+        if keep:
+            assert seen[name] == env[name], name
+        else:
+            assert name not in seen, name
+
+
+def test_tlsd_without_sni_unsets_the_variable(pki: Pki, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    env = server_env(pki, SSL_TLS_SNI_SERVERNAME="stale")
+    tlsd, _, out, err, tlsd_err = run_tlsd_under_listener(
+        pki, tlsd_prog_report(report), [], env, s_client(pki, "-noservername")
+    )
+    assert tlsd.returncode == 0 and out == b"ready\n", (err, tlsd_err)
+    assert "SSL_TLS_SNI_SERVERNAME" not in parse_env((tmp_path / "report.env").read_text())
+
+
+def start_pair(
+    pki: Pki,
+    tcp_pair: tuple[socket.socket, socket.socket],
+    client_prog: list[str],
+    server_prog: list[str],
+    *,
+    client_flags: tuple[str, ...] = ("-k", "localhost"),
+    server_flags: tuple[str, ...] = (),
+    client_env: dict[str, str] | None = None,
+    server_env_: dict[str, str] | None = None,
+    client_fds: tuple[int, int] = (3, 4),
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """s6-tlsc + client_prog against s6-tlsd + server_prog over loopback TCP,
+    the client's network on ``client_fds`` (moved with -6/-7)."""
+    client, server = tcp_pair
+    moved = ["-6", str(client_fds[0]), "-7", str(client_fds[1])] if client_fds != (6, 7) else []
+    tlsd = spawn(
+        ["s6-tlsd", *server_flags, "--", *server_prog],
+        {0: server.fileno(), 1: server.fileno()},
+        server_env_ or pki.env(),
+    )
+    tlsc = spawn(
+        ["s6-tlsc", *client_flags, *moved, "--", *client_prog],
+        {client_fds[0]: client.fileno(), client_fds[1]: client.fileno()},
+        client_env or pki.env(),
+        stdout=subprocess.PIPE,
+    )
+    client.close()
+    server.close()
+    return tlsc, tlsd
+
+
+def test_multi_mib_echo_is_byte_exact_with_moved_fds(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    payload = os.urandom(4 * MiB + 123)
+    (tmp_path / "payload").write_bytes(payload)
+    # The client prog writes in the background, closes its own fd 7, and
+    # reads the echo from fd 6 until the server's EOF.
+    client_prog = sh(
+        'cat "$1" >&7 & exec 7>&-; cat <&6 > "$2"; wait',
+        str(tmp_path / "payload"),
+        str(tmp_path / "echo"),
+    )
+    tlsc, tlsd = start_pair(pki, tcp_pair, client_prog, ["cat"], client_fds=(3, 4))
+    with reaped(tlsc, tlsd):
+        _, client_err = finish(tlsc)
+        _, server_err = finish(tlsd)
+    assert tlsc.returncode == 0 and tlsd.returncode == 0, (client_err, server_err)
+    echo = (tmp_path / "echo").read_bytes()
+    assert len(echo) == len(payload)
+    assert hashlib.sha256(echo).digest() == hashlib.sha256(payload).digest()
+
+
+def test_half_close_full_reply_arrives(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    # The server prog answers only after EOF on its stdin: the request's end.
+    server_prog = sh('n=$(wc -c); echo "got $n bytes"; head -c 2000000 /dev/zero')
+    client_prog = sh("printf 'request' >&7; exec 7>&-; cat <&6")
+    tlsc, tlsd = start_pair(pki, tcp_pair, client_prog, server_prog, client_fds=(6, 7))
+    with reaped(tlsc, tlsd):
+        out, client_err = finish(tlsc)
+        _, server_err = finish(tlsd)
+    assert tlsc.returncode == 0 and tlsd.returncode == 0, (client_err, server_err)
+    first, _, rest = out.partition(b"\n")
+    assert first.split() == [b"got", b"7", b"bytes"]
+    assert rest == bytes(2000000)
+
+
+def test_client_certificate_seen_by_server_prog(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    client_env = pki.env(CERTFILE=str(pki.client_pem), KEYFILE=str(pki.client_pem))
+    server_prog = sh('env > "$1"', str(tmp_path / "server.env"))
+    client_prog = sh("cat <&6; env | grep '^SSL_'")
+    tlsc, tlsd = start_pair(
+        pki, tcp_pair, client_prog, server_prog,
+        client_flags=("-y", "-k", "localhost"), server_flags=("-y",), client_env=client_env,
+    )  # fmt: skip
+    with reaped(tlsc, tlsd):
+        out, client_err = finish(tlsc)
+        _, server_err = finish(tlsd)
+    assert tlsc.returncode == 0 and tlsd.returncode == 0, (client_err, server_err)
+    seen = parse_env((tmp_path / "server.env").read_text())
+    expected_hash = "SHA256:" + hashlib.sha256(first_certificate_der(pki.client_pem)).hexdigest()
+    assert seen["SSL_PEER_CERT_HASH"] == expected_hash
+    subject = seen["SSL_PEER_CERT_SUBJECT"]  # the OU is the fixture's business; "," escaped
+    assert subject.startswith("O=Clients\\, Inc., OU="), subject
+    assert subject.endswith(", CN=test client"), subject
+    client_seen = parse_env(out.decode())
+    assert client_seen["SSL_TLS_SNI_SERVERNAME"] == "localhost"
+    server_hash = "SHA256:" + hashlib.sha256(first_certificate_der(pki.server_pem)).hexdigest()
+    assert client_seen["SSL_PEER_CERT_HASH"] == server_hash
+
+
+def test_handshake_failure_prog_never_starts(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    stranger = tmp_path / "stranger.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    client_marker, server_marker = tmp_path / "client-ran", tmp_path / "server-ran"
+    tlsc, tlsd = start_pair(
+        pki, tcp_pair, sh('touch "$1"', str(client_marker)), sh('touch "$1"', str(server_marker)),
+        client_env=pki.env(CAFILE=str(stranger)),
+    )  # fmt: skip
+    with reaped(tlsc, tlsd):
+        _, client_err = finish(tlsc)
+        _, server_err = finish(tlsd)
+    assert tlsc.returncode == 98, client_err  # the engine's code
+    assert tlsd.returncode == 98, server_err
+    assert not client_marker.exists() and not server_marker.exists()
+    assert b"Traceback" not in client_err + server_err
+    assert client_err.decode().startswith("s6-tlsc: fatal: ")
+
+
+def test_configuration_error_is_the_engines_code(
+    tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    _, server = tcp_pair
+    env = {k: v for k, v in os.environ.items() if k not in TLS_CONFIGURATION}
+    env["CERTFILE"] = env["KEYFILE"] = str(tmp_path / "missing.pem")
+    tlsd = spawn(["s6-tlsd", "true"], {0: server.fileno(), 1: server.fileno()}, env)
+    with reaped(tlsd):
+        _, err = finish(tlsd)
+    assert tlsd.returncode == 96, err
+    assert err.decode().count("\n") == 1 and err.startswith(b"s6-tlsd: fatal: ")
+
+
+def openssl_s_server(pki: Pki, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", "127.0.0.1:0", "-naccept", "1",
+         "-cert", str(pki.server_pem), "-key", str(pki.server_pem), *extra],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    line = read_line_matching(server.stdout, b"ACCEPT")
+    return server, int(line.rsplit(b":", 1)[1])
+
+
+@pytest.mark.parametrize("fds", [(6, 7), (0, 1), (5, 9)], ids=["6-7", "-6 0 -7 1", "-6 5 -7 9"])
+def test_tlsc_against_openssl_s_server(pki: Pki, fds: tuple[int, int], tmp_path: Path) -> None:
+    server, port = openssl_s_server(pki, "-rev")
+    with reaped(server):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        moved = [] if fds == (6, 7) else ["-6", str(fds[0]), "-7", str(fds[1])]
+        output = tmp_path / "output"  # with -6 0 -7 1, prog's stdout is /dev/null
+        prog = sh(
+            "printf 'hello world\\n' >&7; (head -n 1 <&6; env | grep '^SSL_PROTOCOL=') > \"$1\"",
+            str(output),
+        )
+        tlsc = spawn(
+            ["s6-tlsc", "-k", "localhost", *moved, "--", *prog],
+            {fds[0]: sock.fileno(), fds[1]: sock.fileno()},
+            pki.env(),
+            stdout=subprocess.PIPE,
+        )
+        sock.close()
+        with reaped(tlsc):
+            _, err = finish(tlsc)
+    assert tlsc.returncode == 0, err
+    lines = output.read_text().splitlines()
+    assert lines[0] == "dlrow olleh"
+    assert lines[1].startswith("SSL_PROTOCOL=TLSv1.")
+
+
+def test_wrong_servername_fails_the_handshake(pki: Pki) -> None:
+    server, port = openssl_s_server(pki)
+    with reaped(server):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        tlsc = spawn(
+            ["s6-tlsc", "-k", "wrong.example", "true"],
+            {6: sock.fileno(), 7: sock.fileno()},
+            pki.env(),
+        )
+        sock.close()
+        with reaped(tlsc):
+            _, err = finish(tlsc)
+    assert tlsc.returncode == 98, err
+
+
+def test_prog_exiting_early_does_not_hang(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    (tmp_path / "big").write_bytes(os.urandom(3 * MiB))
+    # The server prog reads 10 bytes, answers them and leaves; the client
+    # keeps sending megabytes nobody reads.
+    server_prog = sh("head -c 10")
+    client_prog = sh('cat "$1" >&7 2>/dev/null & exec 7>&-; cat <&6; wait', str(tmp_path / "big"))
+    tlsc, tlsd = start_pair(pki, tcp_pair, client_prog, server_prog, client_fds=(6, 7))
+    with reaped(tlsc, tlsd):
+        out, client_err = finish(tlsc)
+        _, server_err = finish(tlsd)
+    assert tlsd.returncode == 0, server_err
+    assert b"Traceback" not in client_err + server_err
+    assert tlsc.returncode in (0, 141), client_err  # cat may die of SIGPIPE: default disposition
+    assert out in (b"", (tmp_path / "big").read_bytes()[:10]), out
+
+
+def test_prog_closing_only_its_output(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    payload = os.urandom(MiB)
+    (tmp_path / "payload").write_bytes(payload)
+    # The server closes stdout at once (the client sees EOF), yet still
+    # reads the whole request.
+    server_prog = sh('exec 1>&-; cat > "$1"', str(tmp_path / "received"))
+    client_prog = sh('cat <&6; cat "$1" >&7', str(tmp_path / "payload"))
+    tlsc, tlsd = start_pair(pki, tcp_pair, client_prog, server_prog, client_fds=(6, 7))
+    with reaped(tlsc, tlsd):
+        out, client_err = finish(tlsc)
+        _, server_err = finish(tlsd)
+    assert tlsc.returncode == 0 and tlsd.returncode == 0, (client_err, server_err)
+    assert out == b""
+    assert (tmp_path / "received").read_bytes() == payload
+
+
+def test_peer_reset_mid_stream(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    client, server = tcp_pair
+    tlsd = spawn(["s6-tlsd", "cat"], {0: server.fileno(), 1: server.fileno()}, pki.env())
+    server.close()
+    with reaped(tlsd):
+        tls = tls_client(client, pki.ca_file)
+        tls.sendall(b"ping\n")
+        assert tls.recv(5) == b"ping\n"
+        # RST: linger 0, then close with the tunnel in full swing.
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        tls.sendall(b"x" * 100000)
+        tls.close()
+        _, err = finish(tlsd)
+    assert tlsd.returncode == 0, err  # cat saw EOF and ended normally
+    assert b"Traceback" not in err
+
+
+def test_prog_gets_blocking_fds_and_default_sigpipe(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import os\n"
+        "print(all(os.get_blocking(fd) for fd in (0, 1)))\n"
+        "print(sorted(int(n) for n in os.listdir('/proc/self/fd')))\n"
+    )
+    # sh reports the signal state it was exec'd with, then python checks fds.
+    server_prog = sh(
+        'grep -E "^(SigBlk|SigIgn)" /proc/self/status; exec "$1" "$2"', sys.executable, str(script)
+    )
+    client_prog = sh("exec 7>&-; cat <&6")
+    tlsc, tlsd = start_pair(pki, tcp_pair, client_prog, server_prog, client_fds=(6, 7))
+    with reaped(tlsc, tlsd):
+        out, client_err = finish(tlsc)
+        _, server_err = finish(tlsd)
+    assert tlsc.returncode == 0 and tlsd.returncode == 0, (client_err, server_err)
+    lines = out.decode().splitlines()
+    status = dict(line.split(":\t") for line in lines[:2])
+    assert int(status["SigBlk"], 16) == 0
+    assert int(status["SigIgn"], 16) & (1 << (13 - 1)) == 0  # SIGPIPE not ignored
+    assert lines[2] == "True"
+    # 0, 1, 2, the fd listdir itself opens, and whatever inheritable fds
+    # the test runner was started with (spawn passes them on): nothing of ours.
+    assert set(eval(lines[3])) - {0, 1, 2, 3} <= inheritable_fds_of_this_process(), lines[3]
+
+
+def inheritable_fds_of_this_process() -> set[int]:
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.get_inheritable(int(name)):
+                fds.add(int(name))
+        except OSError:
+            pass  # the directory's own fd, closed by now
+    return fds
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["s6-tlsd"], 100),
+        (["s6-tlsc", "-6", "x", "true"], 100),
+        (["s6-tlsc", "--bogus", "true"], 100),
+        (["s6-tlsd", "-k"], 100),
+    ],
+)
+def test_usage_errors_are_one_line(argv: list[str], code: int) -> None:
+    proc = subprocess.run([program(argv[0]), *argv[1:]], capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == code
+    assert proc.stderr.decode().count("\n") == 1
+    assert proc.stderr.startswith(f"{argv[0]}: usage: ".encode())
+
+
+def test_unopened_network_fd_is_a_clear_error(pki: Pki) -> None:
+    proc = subprocess.run(
+        [program("s6-tlsc"), "-6", "42", "-7", "42", "true"],
+        capture_output=True,
+        env=pki.env(),
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 111
+    assert proc.stderr == b"s6-tlsc: fatal: file descriptor 42: Bad file descriptor\n"
+
+
+def test_unexecutable_prog_is_a_clear_error(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    tlsc, tlsd = start_pair(pki, tcp_pair, ["/nonexistent/prog"], ["cat"], client_fds=(6, 7))
+    with reaped(tlsc, tlsd):
+        _, client_err = finish(tlsc)
+        finish(tlsd)
+    assert tlsc.returncode == 111
+    assert (
+        client_err.decode().splitlines()[-1]
+        == "s6-tlsc: fatal: unable to exec /nonexistent/prog: No such file or directory"
+    )
+
+
+def test_help_and_version_need_no_trio() -> None:
+    for name in ("s6-tlsc", "s6-tlsd"):
+        proc = subprocess.run([program(name), "--help"], capture_output=True, timeout=TIMEOUT)
+        assert proc.returncode == 0 and proc.stdout.startswith(b"usage: " + name.encode())
