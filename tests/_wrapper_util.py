@@ -24,11 +24,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PYTHON = sys.executable
 
 
-def finish(proc: subprocess.Popen[bytes], timeout: float = TIMEOUT) -> tuple[bytes, bytes]:
+def finish(
+    proc: subprocess.Popen[bytes], timeout: float = TIMEOUT, input: bytes | None = None
+) -> tuple[bytes, bytes]:
     """Wait for ``proc`` and for EOF on its pipes (so every process that
     inherited them — an engine child too — is gone). Kills on timeout."""
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()

@@ -1,0 +1,282 @@
+"""s6-ucspitlsc and s6-ucspitlsd end to end, with the example STARTTLS
+server and client and the application-side helper (sync and Trio).
+
+Rules: loopback only, port 0; every wait bounded (``finish`` kills what
+overstays, sockets have timeouts); no sleeps; ``openssl s_client
+-starttls smtp`` as the real peer we did not write.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trustme
+from _wrapper_util import EXAMPLES, TIMEOUT, finish, parse_env, reaped, receive_all, tls_client
+from conftest import Pki, spawn
+
+SERVER_EXAMPLE = [sys.executable, str(EXAMPLES / "smtp_starttls_server.py")]
+CLIENT_EXAMPLE = [sys.executable, str(EXAMPLES / "smtp_starttls_client.py")]
+
+
+def accept_from(argv: list[str]) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start a client ``argv`` ({port} filled in) and accept its connection."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(TIMEOUT)
+        port = listener.getsockname()[1]
+        client = subprocess.Popen(
+            [part.format(port=port) for part in argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        connection, _ = listener.accept()
+    return client, connection
+
+
+def test_example_server_with_openssl_starttls_smtp(pki: Pki) -> None:
+    client, connection = accept_from(
+        ["openssl", "s_client", "-starttls", "smtp", "-connect", "127.0.0.1:{port}", "-crlf", "-quiet",
+         "-CAfile", str(pki.ca_file), "-verify_return_error", "-servername", "localhost"]
+    )  # fmt: skip
+    with connection, reaped(client):
+        server = spawn(
+            ["s6-ucspitlsd", "-S", "-v", "2", "--", *SERVER_EXAMPLE],
+            {0: connection.fileno(), 1: connection.fileno()},
+            pki.env(),
+        )
+        connection.close()
+        with reaped(server):
+            out, err = finish(client, input=b"EHLO after.tls\nXTLSINFO\nQUIT\n")
+            _, server_err = finish(server)
+    assert server.returncode == 0, server_err
+    text = out.decode()
+    # EHLO, XTLSINFO and QUIT went through TLS (s_client prints only what
+    # follows the handshake with -quiet), and Y brought the variables back.
+    assert "250-SSL_PROTOCOL=TLSv1." in text, (text, err)
+    assert "250-SSL_TLS_SNI_SERVERNAME=localhost" in text
+    assert "250 TLS on" in text
+    assert text.rstrip().endswith("221 2.0.0 Bye")
+    assert b"accepted opportunistic TLS" in server_err
+
+
+def plain_dialogue(sock: socket.socket, *commands: bytes) -> list[bytes]:
+    """Send each command after reading a full reply; all replies, in order."""
+    sock.settimeout(TIMEOUT)
+    reader = sock.makefile("rb")
+    replies = []
+
+    def reply() -> bytes:
+        lines = []
+        while True:
+            line = reader.readline()
+            assert line, "EOF from server"
+            lines.append(line)
+            if line[3:4] != b"-":
+                return b"".join(lines)
+
+    replies.append(reply())
+    for command in commands:
+        sock.sendall(command + b"\r\n")
+        replies.append(reply())
+    return replies
+
+
+def test_declined_path_keeps_the_cleartext_session(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    client, connection = tcp_pair
+    server = spawn(
+        ["s6-ucspitlsd", "-v2", "--", *SERVER_EXAMPLE, "--decline"],
+        {0: connection.fileno(), 1: connection.fileno()},
+        pki.env(),
+    )
+    connection.close()
+    with reaped(server):
+        greeting, ehlo, noop, quit_ = plain_dialogue(client, b"EHLO plain", b"NOOP", b"QUIT")
+        _, err = finish(server)
+    assert greeting.startswith(b"220 ") and b"STARTTLS" not in ehlo
+    assert noop.startswith(b"250 ") and quit_.startswith(b"221 ")
+    assert server.returncode == 0
+    assert b"declined opportunistic TLS" in err, err
+
+
+CONTROL_SCRIPT = """
+import os, sys
+report = open(sys.argv[1], "w")
+for name in ("SSLCTLFD", "SSLREADFD", "SSLWRITEFD"):
+    fd = int(os.environ[name])
+    os.fstat(fd)  # open in prog
+    report.write(f"{name}-open=yes\\n")
+control = int(os.environ["SSLCTLFD"])
+if sys.argv[2]:
+    os.write(control, sys.argv[2].encode())
+os.close(control)
+_, status = os.wait()  # the engine child is ours: its exit code is the answer
+report.write(f"child={os.waitstatus_to_exitcode(status)}\\n")
+report.write("".join(f"{k}={v}\\n" for k, v in os.environ.items()))
+"""
+
+
+@pytest.mark.parametrize(("command", "code"), [("", 0), ("x", 100)], ids=["EOF", "unknown"])
+@pytest.mark.parametrize("keep", [False, True], ids=["z", "Z"])
+def test_control_socket_commands(
+    pki: Pki,
+    tcp_pair: tuple[socket.socket, socket.socket],
+    tmp_path: Path,
+    command: str,
+    code: int,
+    keep: bool,
+) -> None:
+    _, connection = tcp_pair
+    report = tmp_path / "report"
+    flags = ["-Z"] if keep else []
+    server = spawn(
+        ["s6-ucspitlsd", *flags, "--", sys.executable, "-c", CONTROL_SCRIPT, str(report), command],
+        {0: connection.fileno(), 1: connection.fileno()},
+        pki.env(),
+    )
+    connection.close()
+    with reaped(server):
+        _, err = finish(server)
+    assert server.returncode == 0, err
+    seen = parse_env(report.read_text())
+    assert seen["child"] == str(code)
+    assert all(seen[f"{name}-open"] == "yes" for name in ("SSLCTLFD", "SSLREADFD", "SSLWRITEFD"))
+    assert ("CERTFILE" in seen) == keep and ("CAFILE" in seen) == keep
+    if code == 100:
+        assert err == b"s6-ucspitlsd: fatal: unrecognized command on control socket\n"
+    else:
+        assert err == b""
+
+
+def run_example_pair(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], client_env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], bytes, bytes, bytes]:
+    client_sock, server_sock = tcp_pair
+    server = spawn(
+        ["s6-ucspitlsd", "-v2", "--", *SERVER_EXAMPLE],
+        {0: server_sock.fileno(), 1: server_sock.fileno()},
+        pki.env(),
+    )
+    client = spawn(
+        ["s6-ucspitlsc", "-v2", "-k", "localhost", "--", *CLIENT_EXAMPLE],
+        {6: client_sock.fileno(), 7: client_sock.fileno()},
+        client_env,
+        stdout=subprocess.PIPE,
+    )
+    client_sock.close()
+    server_sock.close()
+    with reaped(server, client):
+        out, client_err = finish(client)
+        _, server_err = finish(server)
+    return client, out, client_err, server_err
+
+
+def test_example_client_against_example_server(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    client, out, client_err, server_err = run_example_pair(pki, tcp_pair, pki.env())
+    assert client.returncode == 0, (client_err, server_err)
+    text = out.decode()
+    assert "S: 250-STARTTLS" in text and "S: 220 2.0.0 Ready to start TLS" in text
+    after = text.split("S: 220 2.0.0 Ready to start TLS", 1)[1]
+    assert "S: 250-SSL_PROTOCOL=TLSv1." in after and "S: 250 TLS on" in after
+    assert "STARTTLS" not in after  # not offered again once TLS is on
+    mine = parse_env(after)
+    assert mine["SSL_TLS_SNI_SERVERNAME"] == "localhost"
+    assert mine["SSL_PEER_CERT_HASH"].startswith("SHA256:")
+    assert (
+        b"accepted opportunistic TLS" in client_err and b"accepted opportunistic TLS" in server_err
+    )
+
+
+def test_example_client_sees_a_failed_handshake(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    stranger = tmp_path / "stranger.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    client, _, client_err, _ = run_example_pair(pki, tcp_pair, pki.env(CAFILE=str(stranger)))
+    assert client.returncode == 1
+    assert b"smtp_starttls_client: fatal: TLS handshake failed" in client_err
+    assert b"s6-ucspitlsc: fatal: " in client_err  # the engine says why
+    assert b"Traceback" not in client_err
+
+
+TRIO_SERVER = """
+import os, sys, trio
+from trio_s6tls._ucspitls import UcspiTLS
+
+async def main(report: bool) -> None:
+    os.write(1, b"go\\n")  # the protocol's "go ahead", in cleartext
+    tls = UcspiTLS.from_environ()
+    stream = await tls.start_tls_async(report=report)
+    async with stream:
+        request = b""
+        while chunk := await stream.receive_some(65536):
+            request += chunk
+        protocol = tls.variables.get("SSL_PROTOCOL") or "-"
+        await stream.send_all(protocol.encode() + b" " + request.upper())
+        await stream.send_eof()
+
+trio.run(main, sys.argv[1] == "Y")
+"""
+
+
+@pytest.mark.parametrize("command", ["Y", "y"])
+def test_trio_helper_under_ucspitlsd(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], command: str
+) -> None:
+    client, connection = tcp_pair
+    server = spawn(
+        ["s6-ucspitlsd", "--", sys.executable, "-c", TRIO_SERVER, command],
+        {0: connection.fileno(), 1: connection.fileno()},
+        pki.env(),
+    )
+    connection.close()
+    with reaped(server):
+        client.settimeout(TIMEOUT)
+        assert client.recv(3) == b"go\n"
+        with tls_client(client, pki.ca_file) as tls:
+            version = tls.version()
+            tls.sendall(b"hello through tls")
+            # Half-close: TLS has none, so shut the TCP write side down under it.
+            socket.socket.shutdown(tls, socket.SHUT_WR)
+            answer = receive_all(tls)
+        _, err = finish(server)
+    assert server.returncode == 0, err
+    protocol = version if command == "Y" else "-"
+    assert answer == f"{protocol} HELLO THROUGH TLS".encode()
+
+
+def test_helper_outside_ucspitls_is_none() -> None:
+    from trio_s6tls._ucspitls import UcspiTLS
+
+    assert UcspiTLS.from_environ({}) is None
+    env = {"SSLCTLFD": "x", "SSLREADFD": "4", "SSLWRITEFD": "5"}
+    with pytest.raises(Exception, match="SSLCTLFD is not set to a file descriptor"):
+        UcspiTLS.from_environ(env)
+
+
+def test_bad_configuration_fails_before_prog_runs(
+    tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    _, connection = tcp_pair
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("CAFILE", "CADIR", "CERTFILE", "KEYFILE")
+    }
+    marker = tmp_path / "ran"
+    proc = spawn(
+        ["s6-ucspitlsc", "--", "touch", str(marker)],
+        {6: connection.fileno(), 7: connection.fileno()},
+        env,
+    )
+    with reaped(proc):
+        _, err = finish(proc)
+    assert proc.returncode == 100, err
+    assert err.startswith(b"s6-ucspitlsc: fatal: ") and err.count(b"\n") == 1
+    assert not marker.exists()
