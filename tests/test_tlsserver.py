@@ -1,0 +1,633 @@
+"""s6-tlsserver end to end: the installed program as a subprocess, against
+curl, python ``ssl`` clients and openssl.
+
+Rules: loopback only, port 0 and ``-1`` readiness (never a sleep to wait for
+the server); every wait has a bound (TIMEOUT); the server's stderr goes to a
+file so that its warnings can never block it; every server is stopped and
+reaped on the way out, pass or fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import select
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import Pki, program
+
+TIMEOUT = 20
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+@dataclass
+class Running:
+    process: subprocess.Popen[bytes]
+    port: int
+    stderr_path: Path
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(TIMEOUT)
+
+
+@contextlib.contextmanager
+def server(argv: list[str], env: Mapping[str, str]) -> Iterator[Running]:
+    """Start ``argv[0] -1 argv[1:]``, wait for its port line, stop it at the end."""
+    with tempfile.NamedTemporaryFile(prefix="stderr-", delete=False) as stderr_file:
+        stderr_path = Path(stderr_file.name)
+    with open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen(
+            [program(argv[0]), "-1", *argv[1:]],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=dict(env),
+        )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
+        assert ready, "no readiness line in time"
+        line = process.stdout.readline()
+        assert line.endswith(b"\n"), f"bad readiness line {line!r}; {stderr_path.read_text()}"
+        yield Running(process, int(line), stderr_path)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGABRT)
+            try:
+                process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(TIMEOUT)
+        if process.stdout is not None:
+            process.stdout.close()
+        stderr_path.unlink(missing_ok=True)
+
+
+def client_context(pki: Pki, *, client_cert: bool = False) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    if client_cert:
+        context.load_cert_chain(str(pki.client_pem))
+    return context
+
+
+def connect(port: int, source: str | None = None) -> socket.socket:
+    sock = socket.create_connection(
+        ("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0) if source else None
+    )
+    return sock
+
+
+def tls_connect(
+    port: int,
+    context: ssl.SSLContext,
+    *,
+    server_hostname: str | None = "localhost",
+    session: ssl.SSLSession | None = None,
+    preamble: bytes = b"",
+    source: str | None = None,
+) -> ssl.SSLSocket:
+    sock = connect(port, source)
+    if preamble:
+        sock.sendall(preamble)
+    return context.wrap_socket(sock, server_hostname=server_hostname, session=session)
+
+
+def half_close(tls: ssl.SSLSocket) -> None:
+    """TCP FIN without close_notify and without dropping our TLS read side
+    (``SSLSocket.shutdown`` would): s6's default ``-s`` close mode."""
+    socket.socket.shutdown(tls, socket.SHUT_WR)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(256 * KiB)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def exchange(port: int, context: ssl.SSLContext, data: bytes, **kwargs: object) -> bytes:
+    """Send ``data``, half-close, return everything received until EOF.
+    Sequential on purpose: one ``SSLSocket`` must not be used from two
+    threads at once. Fine for payloads that fit in the socket and pipe
+    buffers on the way (the echo tests stay at 64 KiB)."""
+    with tls_connect(port, context, **kwargs) as tls:  # type: ignore[arg-type]
+        tls.sendall(data)
+        half_close(tls)
+        return read_all(tls)
+
+
+def parse_env(output: bytes) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in output.decode().splitlines() if "=" in line)
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not reached in time"
+        time.sleep(0.01)
+
+
+ENV_PROG = ["sh", "-c", "env; exec cat >/dev/null"]
+
+
+# -- environment -----------------------------------------------------------
+
+
+def test_environment_complete(pki: Pki) -> None:
+    """SPEC.md's lists: UCSPI server variables + SSL_*; TLS variables gone."""
+    env = pki.env(TLS_UID="", SOMETHING="kept")
+    with (
+        server(
+            ["s6-tlsserver", "-Y", "-l", "here.example", "127.0.0.1", "0", *ENV_PROG], env
+        ) as srv,
+        tls_connect(srv.port, client_context(pki, client_cert=True)) as tls,
+    ):
+        local_port = tls.getpeername()[1]
+        remote_port = tls.getsockname()[1]
+        half_close(tls)
+        got = parse_env(read_all(tls))
+    assert got["PROTO"] == "TCP"
+    assert got["TCPLOCALIP"] == "127.0.0.1"
+    assert got["TCPLOCALPORT"] == str(local_port)
+    assert got["TCPREMOTEIP"] == "127.0.0.1"
+    assert got["TCPREMOTEPORT"] == str(remote_port)
+    assert got["TCPCONNNUM"] == "1"
+    assert got["TCPLOCALHOST"] == "here.example"
+    assert got["TCPREMOTEHOST"] == socket.getnameinfo(("127.0.0.1", 0), socket.NI_NAMEREQD)[0]
+    assert "TCPREMOTEINFO" not in got
+    assert got["SSL_PROTOCOL"] == "TLSv1.3"
+    assert got["SSL_CIPHER"].startswith("TLS_")
+    assert got["SSL_TLS_SNI_SERVERNAME"] == "localhost"
+    pem = pki.client_pem.read_text()
+    first = pem[
+        pem.index("-----BEGIN CERTIFICATE-----") : pem.index("-----END CERTIFICATE-----") + 25
+    ]
+    client_der = ssl.PEM_cert_to_DER_cert(first)
+    assert got["SSL_PEER_CERT_HASH"] == "SHA256:" + hashlib.sha256(client_der).hexdigest()
+    subject = got["SSL_PEER_CERT_SUBJECT"]
+    assert subject.startswith("O=Clients\\, Inc., OU=") and subject.endswith(", CN=test client")
+    for name in ("CERTFILE", "KEYFILE", "CAFILE", "TLS_UID"):
+        assert name not in got
+    assert got["SOMETHING"] == "kept"
+    assert "SSL_ALPN_PROTOCOL" not in got and "SSL_SESSION_RESUMED" not in got
+
+
+def test_keep_env_no_lookup_no_sni(pki: Pki) -> None:
+    """-Z keeps the TLS variables; -H: no host names; no SNI: variable unset."""
+    with server(["s6-tlsserver", "-Z", "-H", "127.0.0.1", "0", *ENV_PROG], pki.env()) as srv:
+        context = client_context(pki)
+        context.check_hostname = False
+        with tls_connect(srv.port, context, server_hostname=None) as tls:
+            half_close(tls)
+            got = parse_env(read_all(tls))
+    assert got["CERTFILE"] == str(pki.server_pem) and got["CAFILE"] == str(pki.ca_file)
+    assert "TCPREMOTEHOST" not in got and "TCPLOCALHOST" not in got
+    assert "SSL_TLS_SNI_SERVERNAME" not in got and "SSL_PEER_CERT_HASH" not in got
+
+
+# -- curl and an HTTP responder ----------------------------------------------
+
+RESPONDER = r"""#!/bin/sh
+# A tiny HTTP/1.0 responder on stdin/stdout, serving $DOCROOT.
+read -r method path version
+while read -r line; do
+  [ "$(printf %s "$line" | tr -d '\r')" = "" ] && break
+done
+file="$DOCROOT$path"
+if [ -f "$file" ]; then
+  printf 'HTTP/1.0 200 OK\r\nContent-Length: %s\r\nConnection: close\r\n\r\n' "$(wc -c < "$file")"
+  exec cat "$file"
+fi
+printf 'HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n'
+"""
+
+
+def test_curl_page_big_file_and_parallel(pki: Pki, tmp_path: Path) -> None:
+    docroot = tmp_path / "www"
+    docroot.mkdir()
+    (docroot / "index.html").write_bytes(b"<html><body>hello from s6-tlsserver</body></html>\n")
+    big = os.urandom(5 * MiB + 123)
+    (docroot / "big.bin").write_bytes(big)
+    responder = tmp_path / "responder.sh"
+    responder.write_text(RESPONDER)
+    responder.chmod(0o755)
+    env = pki.env(DOCROOT=str(docroot))
+    curl = shutil.which("curl")
+    assert curl is not None
+    with server(["s6-tlsserver", "-H", "-c", "100", "127.0.0.1", "0", str(responder)], env) as srv:
+        base = f"https://127.0.0.1:{srv.port}"
+        common = [curl, "-sS", "--fail", "--cacert", str(pki.ca_file)]
+        page = subprocess.run([*common, f"{base}/index.html"], capture_output=True, timeout=TIMEOUT)
+        assert page.returncode == 0, page.stderr
+        assert page.stdout == (docroot / "index.html").read_bytes()
+        result = subprocess.run(
+            [*common, "-o", str(tmp_path / "got.bin"), f"{base}/big.bin"], timeout=TIMEOUT
+        )
+        assert result.returncode == 0
+        assert (tmp_path / "got.bin").read_bytes() == big
+        outputs = []
+        args = [*common, "--parallel", "--parallel-max", "20"]
+        for index in range(20):
+            name = "big.bin" if index % 5 == 0 else "index.html"
+            output = tmp_path / f"p{index}"
+            outputs.append((output, docroot / name))
+            args += ["-o", str(output), f"{base}/{name}"]
+        parallel = subprocess.run(args, capture_output=True, timeout=TIMEOUT * 2)
+        assert parallel.returncode == 0, parallel.stderr
+        for output, expected in outputs:
+            assert output.read_bytes() == expected.read_bytes()
+        missing = subprocess.run([*common, f"{base}/nothing"], capture_output=True, timeout=TIMEOUT)
+        assert missing.returncode == 22  # 404 with --fail
+
+
+# -- data integrity under load and abuse ---------------------------------------
+
+
+def _garbage(port: int) -> None:
+    with connect(port) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n" * 10)
+        read_all(sock)
+
+
+def _stall(port: int) -> None:
+    """Half a ClientHello, then nothing: -K must end it."""
+    with connect(port) as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        read_all(sock)
+
+
+def _reset(port: int) -> None:
+    sock = connect(port)
+    sock.sendall(b"\x16\x03\x01")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_concurrent_clients_with_abusers(pki: Pki) -> None:
+    """100 clients x 64 KiB echo, while 10 others send garbage, stall in the
+    handshake (-K 2000) or reset: every good client gets its bytes back."""
+    argv = ["s6-tlsserver", "-H", "-K", "2000", "-c", "200", "-C", "200", "127.0.0.1", "0", "cat"]
+    with server(argv, pki.env()) as srv:
+        context = client_context(pki)
+        payloads = [os.urandom(64 * KiB) for _ in range(100)]
+        with ThreadPoolExecutor(max_workers=110) as pool:
+            bad = [pool.submit(fn, srv.port) for fn in (_garbage, _stall, _reset) * 3 + (_stall,)]
+            good = [pool.submit(exchange, srv.port, context, data) for data in payloads]
+            for future, data in zip(good, payloads, strict=True):
+                assert future.result(timeout=TIMEOUT * 3) == data, srv.stderr
+            for future in bad:
+                future.result(timeout=TIMEOUT)
+        assert srv.process.poll() is None
+        assert "Traceback" not in srv.stderr
+
+
+def test_handshake_failures_are_logged_not_fatal(pki: Pki) -> None:
+    with server(["s6-tlsserver", "-H", "-K", "300", "127.0.0.1", "0", "cat"], pki.env()) as srv:
+        _garbage(srv.port)
+        _stall(srv.port)
+        assert exchange(srv.port, client_context(pki), b"still fine") == b"still fine"
+        wait_until(lambda: "timed out" in srv.stderr, "handshake timeout logged")
+        lines = srv.stderr.splitlines()
+        assert all(line.startswith("s6-tlsserver: warning: ") for line in lines), lines
+
+
+# -- limits ----------------------------------------------------------------
+
+
+def test_per_ip_limit(pki: Pki) -> None:
+    """-C 2: a third connection from 127.0.0.1 is closed at once; another
+    address still gets in; the count goes down when clients leave."""
+    prog = ["sh", "-c", "echo $TCPCONNNUM; exec cat"]
+    with server(["s6-tlsserver", "-H", "-C", "2", "127.0.0.1", "0", *prog], pki.env()) as srv:
+        context = client_context(pki)
+        first = tls_connect(srv.port, context)
+        second = tls_connect(srv.port, context)
+        assert first.recv(10) == b"1\n" and second.recv(10) == b"2\n"
+        with connect(srv.port) as third:
+            third.sendall(b"\x16\x03\x01")
+            assert read_all(third) == b""
+        try:
+            other = tls_connect(srv.port, context, source="127.0.0.2")
+        except OSError:
+            raise AssertionError(srv.stderr) from None
+        assert other.recv(10) == b"1\n"
+        first.close()
+        wait_until(lambda: "too many" in srv.stderr, "refusal logged")
+
+        def served_again() -> bool:
+            try:
+                with tls_connect(srv.port, context) as again:
+                    return again.recv(10) == b"2\n"
+            except OSError:  # still refused: the server has not seen the close yet
+                return False
+
+        wait_until(served_again, "slot freed")
+        second.close()
+        other.close()
+
+
+# -- rules, PROXY ------------------------------------------------------------
+
+
+def test_rules_allow_deny_env_exec(pki: Pki, tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    allow = rules / "ip4/127.0.0.1_32"
+    (allow / "env").mkdir(parents=True)
+    (allow / "allow").touch()
+    (allow / "env" / "GREETING").write_text("hello there\nsecond line ignored\n")
+    (allow / "env" / "SOMETHING").write_text("")
+    (rules / "ip4/127.0.0.2_32").mkdir(parents=True)
+    (rules / "ip4/127.0.0.2_32/deny").touch()
+    execd = rules / "ip4/127.0.0.0_8"
+    execd.mkdir(parents=True)
+    (execd / "allow").touch()
+    (execd / "exec").write_text("sh -c 'echo from exec; exec cat >/dev/null'\n")
+    env = pki.env(SOMETHING="to be unset")
+    with server(
+        ["s6-tlsserver", "-v", "-H", "-i", str(rules), "127.0.0.1", "0", *ENV_PROG], env
+    ) as srv:
+        context = client_context(pki)
+        with tls_connect(srv.port, context) as tls:
+            half_close(tls)
+            got = parse_env(read_all(tls))
+        assert got["GREETING"] == "hello there" and "SOMETHING" not in got
+        with connect(srv.port, source="127.0.0.2") as denied:
+            denied.sendall(b"\x16\x03\x01")
+            assert read_all(denied) == b""
+        with tls_connect(srv.port, context, source="127.0.0.3") as tls:
+            half_close(tls)
+            assert read_all(tls) == b"from exec\n"
+        assert "deny 127.0.0.2" in srv.stderr
+
+
+def test_rules_no_match_is_deny(pki: Pki, tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    (rules / "ip4/10.0.0.0_8").mkdir(parents=True)
+    (rules / "ip4/10.0.0.0_8/allow").touch()
+    with (
+        server(["s6-tlsserver", "-H", "-i", str(rules), "127.0.0.1", "0", "cat"], pki.env()) as srv,
+        connect(srv.port) as sock,
+    ):
+        sock.sendall(b"\x16\x03\x01")
+        assert read_all(sock) == b""
+
+
+def _proxy_v2(src: str, dst: str, sport: int, dport: int) -> bytes:
+    body = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
+    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
+
+
+def test_proxy_protocol(pki: Pki) -> None:
+    argv = ["s6-tlsserver", "-H", "-L", "-t", "500", "127.0.0.1", "0", *ENV_PROG]
+    with server(argv, pki.env()) as srv:
+        context = client_context(pki)
+        v1 = b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n"
+        with tls_connect(srv.port, context, preamble=v1) as tls:
+            half_close(tls)
+            got = parse_env(read_all(tls))
+        assert (got["TCPREMOTEIP"], got["TCPREMOTEPORT"]) == ("192.0.2.1", "56324")
+        assert (got["TCPLOCALIP"], got["TCPLOCALPORT"]) == ("198.51.100.2", "443")
+        v2 = _proxy_v2("203.0.113.7", "198.51.100.9", 40000, 8443)
+        with tls_connect(srv.port, context, preamble=v2) as tls:
+            half_close(tls)
+            got = parse_env(read_all(tls))
+        assert (got["TCPREMOTEIP"], got["TCPREMOTEPORT"]) == ("203.0.113.7", "40000")
+        assert (got["TCPLOCALIP"], got["TCPLOCALPORT"]) == ("198.51.100.9", "8443")
+        with connect(srv.port) as bad:
+            bad.sendall(b"PROXY TCP4 nonsense\r\n")
+            assert read_all(bad) == b""
+        with connect(srv.port) as silent:  # -t bounds the wait for the header
+            assert read_all(silent) == b""
+        with tls_connect(srv.port, context, preamble=v1) as tls:
+            half_close(tls)
+            assert parse_env(read_all(tls))["TCPREMOTEIP"] == "192.0.2.1"
+        assert "bad PROXY header" in srv.stderr
+
+
+# -- signals, readiness --------------------------------------------------------
+
+
+def test_readiness_then_sigterm(pki: Pki) -> None:
+    with server(["s6-tlsserver", "-H", "127.0.0.1", "0", "cat"], pki.env()) as srv:
+        assert srv.process.stdout is not None
+        assert srv.process.stdout.read() == b""  # stdout closed after the line
+        assert exchange(srv.port, client_context(pki), b"x") == b"x"
+        assert srv.stop(signal.SIGTERM) == 0
+        with pytest.raises(ConnectionRefusedError):
+            connect(srv.port)
+
+
+def test_sighup_terminates_children_server_goes_on(pki: Pki) -> None:
+    prog = ["sh", "-c", "echo ready; exec cat"]
+    with server(["s6-tlsserver", "-H", "127.0.0.1", "0", *prog], pki.env()) as srv:
+        context = client_context(pki)
+        with tls_connect(srv.port, context) as tls:
+            assert tls.recv(10) == b"ready\n"
+            srv.process.send_signal(signal.SIGHUP)
+            assert read_all(tls) == b""  # cat got SIGTERM: the tunnel ends
+        with tls_connect(srv.port, context) as tls:
+            assert tls.recv(10) == b"ready\n"
+            srv.process.send_signal(signal.SIGQUIT)
+            assert srv.process.wait(TIMEOUT) == 0
+            assert read_all(tls) == b""
+
+
+def test_sigabrt_kills_children(pki: Pki) -> None:
+    prog = ["sh", "-c", "trap '' TERM; echo ready; exec cat"]
+    with (
+        server(["s6-tlsserver", "-H", "127.0.0.1", "0", *prog], pki.env()) as srv,
+        tls_connect(srv.port, client_context(pki)) as tls,
+    ):
+        assert tls.recv(10) == b"ready\n"
+        srv.process.send_signal(signal.SIGABRT)
+        assert srv.process.wait(TIMEOUT) == 0
+        assert read_all(tls) == b""
+
+
+# -- beyond the C tool -----------------------------------------------------------
+
+
+def test_workers_serve_from_two_processes(pki: Pki) -> None:
+    prog = ["sh", "-c", "echo $PPID"]
+    with server(
+        ["s6-tlsserver", "-H", "--workers", "2", "127.0.0.1", "0", *prog], pki.env()
+    ) as srv:
+        context = client_context(pki)
+        seen: set[bytes] = set()
+        for _ in range(200):
+            seen.add(exchange(srv.port, context, b""))
+            if len(seen) == 2:
+                break
+        assert len(seen) == 2, seen
+        assert str(srv.process.pid).encode() + b"\n" not in seen
+        assert srv.stop(signal.SIGTERM) == 0
+
+
+def test_reload_on_sigusr1(pki: Pki, tmp_path: Path) -> None:
+    """New connections get the new certificate; an open one keeps working."""
+    certfile = tmp_path / "server.pem"
+    shutil.copy(pki.server_pem, certfile)
+    env = pki.env(CERTFILE=str(certfile), KEYFILE=str(certfile))
+    context = client_context(pki)
+
+    def served_certificate() -> bytes:
+        with tls_connect(srv.port, context) as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return der
+
+    with server(["s6-tlsserver", "-H", "127.0.0.1", "0", "cat"], env) as srv:
+        before = served_certificate()
+        old = tls_connect(srv.port, context)
+        old.sendall(b"one ")
+        assert old.recv(10) == b"one "
+        renewed = pki.ca.issue_cert("localhost", "127.0.0.1", common_name="renewed")
+        renewed.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+        srv.process.send_signal(signal.SIGUSR1)
+        wait_until(lambda: served_certificate() != before, "new certificate served")
+        old.sendall(b"two")
+        half_close(old)
+        assert read_all(old) == b"two"
+        old.close()
+        certfile.write_text("garbage")
+        srv.process.send_signal(signal.SIGUSR1)
+        wait_until(lambda: "reload failed" in srv.stderr, "failed reload logged")
+        assert served_certificate() != before
+
+
+def test_alpn_and_resumption(pki: Pki) -> None:
+    argv = [
+        "s6-tlsserver",
+        "-H",
+        "--alpn",
+        "h2,http/1.1",
+        "--resumption",
+        "127.0.0.1",
+        "0",
+        *ENV_PROG,
+    ]
+    with server(argv, pki.env()) as srv:
+        context = client_context(pki)
+        context.set_alpn_protocols(["http/1.1", "h2"])
+        with tls_connect(srv.port, context) as tls:
+            half_close(tls)
+            got = parse_env(read_all(tls))
+            session = tls.session
+        assert got["SSL_ALPN_PROTOCOL"] == "h2"
+        assert got["SSL_SESSION_RESUMED"] == "0"
+        with tls_connect(srv.port, context, session=session) as tls:
+            half_close(tls)
+            got = parse_env(read_all(tls))
+            assert tls.session_reused
+        assert got["SSL_SESSION_RESUMED"] == "1"
+
+
+def test_sni_level_and_mandatory_client_cert(pki: Pki, tmp_path: Path) -> None:
+    named = pki.ca.issue_cert("app.example", common_name="app.example")
+    named_pem = tmp_path / "app.pem"
+    named.private_key_and_cert_chain_pem.write_to_path(str(named_pem))
+    env = pki.env(**{"CERTFILE:app.example": str(named_pem), "KEYFILE:app.example": str(named_pem)})
+    argv = ["s6-tlsserver", "-H", "-k", "1", "-y", "127.0.0.1", "0", *ENV_PROG]
+    with server(argv, env) as srv:
+        context = client_context(pki, client_cert=True)
+        with tls_connect(srv.port, context, server_hostname="app.example") as tls:
+            half_close(tls)
+            got = parse_env(read_all(tls))
+        assert got["SSL_TLS_SNI_SERVERNAME"] == "app.example"
+        assert got["SSL_PEER_CERT_SUBJECT"].endswith("CN=test client")
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            exchange(srv.port, client_context(pki), b"no client certificate")
+
+
+def test_enforce_close_notify_and_verbose_log(pki: Pki) -> None:
+    argv = ["s6-tlsserver", "-v", "-H", "-J", "127.0.0.1", "0", "cat"]
+    with server(argv, pki.env()) as srv:
+        exchange(srv.port, client_context(pki), b"ragged")
+        wait_until(lambda: "close_notify" in srv.stderr, "-J ragged EOF logged")
+        assert "SSL_PROTOCOL=TLSv1.3" in srv.stderr
+
+
+def test_chain_tcpserver_tlsd(pki: Pki) -> None:
+    """s6-tcpserver ... s6-tlsd prog: the same service built from parts."""
+    argv = [
+        "s6-tcpserver",
+        "-H",
+        "127.0.0.1",
+        "0",
+        program("s6-tlsd"),
+        "sh",
+        "-c",
+        "echo $SSL_PROTOCOL; exec cat",
+    ]
+    with server(argv, pki.env()) as srv:
+        assert (
+            exchange(srv.port, client_context(pki), b"through the chain")
+            == b"TLSv1.3\nthrough the chain"
+        )
+
+
+# -- bad input -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env_extra", "code", "kind", "needle"),
+    [
+        (["127.0.0.1"], {}, 100, "usage", "expected ip, port and prog"),
+        (["127.0.0.1", "99999", "cat"], {}, 100, "usage", "invalid port"),
+        (["-x", "rules.cdb", "127.0.0.1", "0", "cat"], {}, 100, "fatal", "CDB"),
+        (["-r", "127.0.0.1", "0", "cat"], {}, 100, "fatal", "IDENT"),
+        (["-c", "x", "127.0.0.1", "0", "cat"], {}, 100, "usage", "invalid argument"),
+        (["127.0.0.1", "0", "cat"], {"CERTFILE": "/nonexistent"}, 96, "fatal", "/nonexistent"),
+        (["127.0.0.1", "0", "cat"], {"TLS_UID": "root"}, 100, "fatal", "TLS_UID"),
+        (["192.0.2.1", "0", "cat"], {}, 111, "fatal", "unable to bind"),
+        (["-i", "/nonexistent", "127.0.0.1", "0", "cat"], {}, 111, "fatal", "rules"),
+    ],
+)
+def test_bad_input(
+    pki: Pki, args: list[str], env_extra: dict[str, str], code: int, kind: str, needle: str
+) -> None:
+    result = subprocess.run(
+        [program("s6-tlsserver"), *args],
+        env=pki.env(**env_extra),
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == code
+    text = result.stderr.decode()
+    assert len(text.splitlines()) == 1 and f"s6-tlsserver: {kind}: " in text and needle in text, (
+        text
+    )
+
+
+def test_help_and_version() -> None:
+    for flag in ("--help", "--version"):
+        result = subprocess.run(
+            [program("s6-tlsserver"), flag], capture_output=True, timeout=TIMEOUT
+        )
+        assert result.returncode == 0 and b"s6-tlsserver" in result.stdout
