@@ -106,9 +106,10 @@ def _attempt(address: AddressInfo, options: TcpClientOptions, timeout: float) ->
 
 
 def connect(
-    host: str, addresses: Sequence[AddressInfo], options: TcpClientOptions
+    target: str, addresses: Sequence[AddressInfo], options: TcpClientOptions
 ) -> socket.socket:
-    """Try every address, round one then round two (see the module doc)."""
+    """Try every address, round one then round two (see the module doc);
+    ``target`` names the destination in the error message."""
     deadline = time.monotonic() + options.total_timeout if options.total_timeout else None
     last_error: OSError = OSError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
     pending = list(addresses)
