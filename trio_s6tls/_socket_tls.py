@@ -25,11 +25,20 @@ from ._errors import EXIT_SYSTEM, EXIT_TLS, Fatal, describe_os_error
 from ._records import attach
 
 _RECORD = 16384 + 256  # one TLS record's worth of plaintext, with slack
+_TCP_CLOSE = 7  # Linux tcp_info.tcpi_state after a reset
+
+
+def describe_ssl_error(error: ssl.SSLError) -> str:
+    """OpenSSL's reason code in words: ``PEER_DID_NOT_RETURN_A_CERTIFICATE``
+    becomes ``peer did not return a certificate``."""
+    if error.reason:
+        return error.reason.replace("_", " ").lower()
+    return error.strerror or str(error)
 
 
 def handshake_failure(error: Exception) -> Fatal:
     if isinstance(error, ssl.SSLError):
-        reason = error.reason or error.strerror or str(error)
+        reason = describe_ssl_error(error)
         if isinstance(error, ssl.SSLCertVerificationError):
             reason = f"certificate verification failed: {error.verify_message}"
         elif isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
@@ -42,10 +51,14 @@ def handshake_failure(error: Exception) -> Fatal:
 
 def read_failure(error: Exception) -> Fatal:
     if isinstance(error, ssl.SSLError):
-        return Fatal(EXIT_TLS, f"TLS error reading from network: {error.reason or error}")
+        return Fatal(EXIT_TLS, f"TLS error reading from network: {describe_ssl_error(error)}")
     if isinstance(error, OSError):
         return Fatal(EXIT_SYSTEM, f"unable to read from network: {describe_os_error(error)}")
     return Fatal(EXIT_SYSTEM, f"unable to read from network: {error}")
+
+
+def reset_failure() -> Fatal:
+    return Fatal(EXIT_SYSTEM, "unable to read from network: connection reset by peer")
 
 
 class SocketTLS:
@@ -65,7 +78,7 @@ class SocketTLS:
             server_side=server_side,
             server_hostname=server_hostname,
             do_handshake_on_connect=False,
-            suppress_ragged_eofs=True,
+            suppress_ragged_eofs=False,
         )
         self.records = attach(self.connection)
         self.close_notify_sent = False
@@ -111,8 +124,12 @@ class SocketTLS:
             except (ssl.SSLError, OSError) as error:
                 if self.close_notify_sent:
                     count = 0  # after our close_notify, anything ends the stream
-                else:
+                elif not isinstance(error, ssl.SSLEOFError):
                     raise read_failure(error) from None
+                elif self._was_reset():
+                    raise reset_failure() from None
+                else:
+                    count = 0  # a plain TCP EOF: the records tell how clean
             if count == 0:
                 break
             self.records.data()
@@ -122,6 +139,16 @@ class SocketTLS:
         if not waited:
             await trio.lowlevel.checkpoint()
         return filled
+
+    def _was_reset(self) -> bool:
+        """Python reports an RST as an ``SSLEOFError``, like a FIN (``SSL_read_ex``
+        leaves no errno). The kernel still knows: a reset TCP socket is in
+        state CLOSE, a half-closed one in CLOSE_WAIT or later."""
+        try:
+            state = self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        except (OSError, AttributeError):
+            return False  # not TCP (a Unix socket), or no TCP_INFO here
+        return state == _TCP_CLOSE
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send all of ``data``; trio.BrokenResourceError if the

@@ -1,0 +1,232 @@
+"""s6-tlsc-io / s6-tlsd-io: SNI certificate choice, client certificates, and
+every error of SPEC.md's exit-code list — exit code and a single
+``PROG: fatal:`` / ``PROG: usage:`` line, no traceback, no hang.
+
+Rules: loopback only, port 0, every wait bounded (TIMEOUT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import ssl
+import struct
+import threading
+
+import pytest
+
+__all__ = ["listener"]  # the fixture, shared with test_io_programs
+
+from conftest import Pki, spawn
+from trio_s6tls import decode_notification
+from test_io_programs import (
+    TIMEOUT,
+    Sink,
+    connect_and_serve,
+    listener,
+    one_line,
+    read_all,
+    serve_one,
+    wait_for,
+)
+
+
+# -- SNI -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sni_env(pki: Pki) -> dict[str, str]:
+    env = pki.env()
+    for name in ("exact.example.org", "*.example.com"):
+        path = pki.dir / f"sni-{name.replace('*', 'star')}.pem"
+        pki.ca.issue_cert(name).private_key_and_cert_chain_pem.write_to_path(str(path))
+        env[f"CERTFILE:{name}"] = env[f"KEYFILE:{name}"] = str(path)
+    return env
+
+
+def served_names(pki: Pki, listener: socket.socket, args: list[str], env: dict[str, str], servername: str) -> tuple[list[str] | None, int]:
+    """The DNS names of the certificate the server presented for
+    ``servername`` (None if the handshake failed), and its exit code."""
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    context.check_hostname = False
+    names: list[str] | None = None
+
+    def client() -> None:
+        nonlocal names
+        raw = socket.create_connection(listener.getsockname()[:2], timeout=TIMEOUT)
+        try:
+            with context.wrap_socket(raw, server_hostname=servername) as sock:
+                names = [value for kind, value in sock.getpeercert()["subjectAltName"] if kind == "DNS"]  # type: ignore[index, misc]
+                while sock.recv(1024):  # read to the end: closing with unread
+                    pass  # session tickets would make the kernel send an RST
+        except ssl.SSLError:
+            raw.close()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    engine = serve_one(listener, args, env)
+    os.close(engine.to_app)
+    os.close(engine.from_app)
+    thread.join(TIMEOUT)
+    return names, engine.finish()[0]
+
+
+@pytest.mark.parametrize(
+    ("level", "servername", "expected"),
+    [
+        ("1", "exact.example.org", ["exact.example.org"]),
+        ("1", "a.example.com", ["*.example.com"]),
+        ("1", "a.b.example.com", ["localhost"]),  # wildcards cover one label only
+        ("1", "unknown.example.net", ["localhost"]),
+        ("0", "exact.example.org", ["localhost"]),
+        ("2", "a.example.com", ["*.example.com"]),
+        ("2", "unknown.example.net", None),
+    ],
+)
+def test_sni_levels(pki: Pki, listener: socket.socket, sni_env: dict[str, str], level: str, servername: str, expected: list[str] | None) -> None:
+    # -S: Python's default client context answers a bare FIN with an alert
+    names, code = served_names(pki, listener, ["-S", "-k", level], sni_env, servername)
+    assert names == expected
+    assert code == (0 if expected else 98)
+
+
+# -- client certificates ----------------------------------------------------------
+
+
+def test_mandatory_client_cert_refuses_a_client_without_one(pki: Pki, listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    failures: list[Exception] = []
+
+    def client() -> None:
+        context = ssl.create_default_context(cafile=str(pki.ca_file))
+        try:
+            with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT), server_hostname="localhost") as sock:
+                sock.recv(10)  # TLS 1.3: the refusal arrives after the client's Finished
+        except (ssl.SSLError, OSError) as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    engine = serve_one(listener, ["-y"], pki.env())
+    thread.join(TIMEOUT)
+    code, err = engine.finish()
+    assert code == 98
+    assert "peer did not return a certificate" in one_line(err, "s6-tlsd-io")
+    assert failures  # the client saw the refusal
+
+
+def test_mandatory_client_cert_with_one(pki: Pki, listener: socket.socket) -> None:
+    notify_r, notify_w = os.pipe()
+    sock, engine = connect_and_serve(pki, listener, ["-y", "-d", "5"], extra={5: notify_w}, cert=True)
+    os.close(notify_w)
+    variables = decode_notification(read_all(notify_r))
+    sock.close()
+    os.close(engine.to_app)
+    os.close(engine.from_app)
+    engine.finish()
+    assert variables["SSL_PEER_CERT_HASH"] == "SHA256:" + hashlib.sha256(pki.client_der).hexdigest()
+    assert variables["SSL_PEER_CERT_SUBJECT"] == "O=Clients\\, Inc., OU=QA, CN=test client"
+
+
+# -- the error list -----------------------------------------------------------------
+
+
+def run_with_socket(prog: str, args: list[str], env: dict[str, str]) -> tuple[int, bytes]:
+    """Run an engine whose network is one end of a socketpair nobody talks on
+    (configuration errors must be reported before any network I/O)."""
+    ours, theirs = socket.socketpair()
+    null = os.open(os.devnull, os.O_RDWR)
+    fds = {0: theirs.fileno(), 1: theirs.fileno(), 3: null, 4: null} if prog == "s6-tlsd-io" else {0: null, 1: null, 6: theirs.fileno(), 7: theirs.fileno()}
+    operands = ["3", "4"] if prog == "s6-tlsd-io" else ["6", "7"]
+    proc = spawn([prog, *args, *operands], fds, env)
+    theirs.close()
+    os.close(null)
+    try:
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        ours.close()
+    return proc.returncode, err
+
+
+def without(env: dict[str, str], *names: str) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in names}
+
+
+@pytest.fixture(scope="module")
+def bad_files(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    directory = tmp_path_factory.mktemp("bad")
+    (directory / "empty").mkdir()
+    (directory / "garbage.pem").write_text("this is not a certificate\n")
+    other = directory / "other.pem"
+    pki.ca.issue_cert("localhost").private_key_pem.write_to_path(str(other))
+    return {"empty": str(directory / "empty"), "garbage": str(directory / "garbage.pem"), "other_key": str(other)}
+
+
+CASES = [
+    # (program, args, env change, exit code, kind, message fragment)
+    ("s6-tlsc-io", [], {"-": "CADIR CAFILE"}, 100, "fatal", "CADIR or CAFILE not set"),
+    ("s6-tlsd-io", [], {"-": "CERTFILE"}, 100, "fatal", "CERTFILE not set"),
+    ("s6-tlsd-io", [], {"-": "KEYFILE"}, 100, "fatal", "KEYFILE not set"),
+    ("s6-tlsc-io", [], {"CADIR": "empty"}, 96, "fatal", "no trust anchor"),
+    ("s6-tlsc-io", [], {"CAFILE": "garbage"}, 96, "fatal", "trust anchor"),
+    ("s6-tlsd-io", [], {"KEYFILE": "/nonexistent/key.pem"}, 96, "fatal", "unable to read private key file"),
+    ("s6-tlsd-io", [], {"KEYFILE": "other_key"}, 96, "fatal", "does not match"),
+    ("s6-tlsd-io", [], {"TLS_UID": "nobody"}, 100, "fatal", "invalid TLS_UID"),
+    ("s6-tlsc-io", [], {"TLS_GID": "-1"}, 100, "fatal", "invalid TLS_GID"),
+    ("s6-tlsd-io", ["-X"], {}, 100, "usage", "s6-tlsd-io [ -S"),
+    ("s6-tlsc-io", ["-K", "soon"], {}, 100, "usage", "invalid argument for -K"),
+]
+
+
+@pytest.mark.parametrize(("prog", "args", "change", "code", "kind", "fragment"), CASES)
+def test_error_exit_codes_and_messages(pki: Pki, bad_files: dict[str, str], prog: str, args: list[str], change: dict[str, str], code: int, kind: str, fragment: str) -> None:
+    env = pki.env()
+    for name, value in change.items():
+        if name == "-":
+            env = without(env, *value.split())
+        else:
+            env[name] = bad_files.get(value, value)
+    status, err = run_with_socket(prog, args, env)
+    assert status == code
+    assert fragment in one_line(err, prog, kind)
+
+
+@pytest.mark.parametrize("operands", [["x", "7"], ["6"], ["6", "7", "8"]])
+def test_bad_fd_operands_are_usage_errors(pki: Pki, operands: list[str]) -> None:
+    proc = spawn(["s6-tlsc-io", *operands], {}, pki.env())
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 100
+    one_line(err, "s6-tlsc-io", "usage")
+
+
+def test_closed_fd_is_a_system_error(pki: Pki) -> None:
+    proc = spawn(["s6-tlsc-io", "6", "7"], {}, pki.env())
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 111
+    assert "file descriptor 6" in one_line(err, "s6-tlsc-io")
+
+
+def test_garbage_instead_of_client_hello(pki: Pki, listener: socket.socket) -> None:
+    peer = socket.create_connection(listener.getsockname()[:2], timeout=TIMEOUT)
+    engine = serve_one(listener, [], pki.env())
+    peer.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    code, err = engine.finish()
+    assert code == 98
+    assert "handshake" in one_line(err, "s6-tlsd-io")
+    peer.close()
+
+
+def test_peer_reset_mid_stream(pki: Pki, listener: socket.socket) -> None:
+    sock, engine = connect_and_serve(pki, listener, [])
+    got = Sink(engine.from_app, keep=True)
+    sock.sendall(b"some data")
+    wait_for(lambda: bytes(got.data) == b"some data")  # delivered before the reset
+    raw = socket.socket(fileno=sock.detach())
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()  # RST
+    got.result()
+    os.close(engine.to_app)
+    code, err = engine.finish()
+    assert code == 111
+    assert "reset" in one_line(err, "s6-tlsd-io").lower()
