@@ -64,8 +64,12 @@ class Faults:
 
 
 def _abort_with_reset(stream: trio.abc.Stream) -> bool:
-    """Make the next close send RST; False if ``stream`` has no socket."""
-    sock = getattr(stream, "socket", None)
+    """Make the next close send RST; False if there is no socket under
+    ``stream`` (wrappers are followed through their ``transport``)."""
+    layer: object = stream
+    while getattr(layer, "socket", None) is None and hasattr(layer, "transport"):
+        layer = layer.transport
+    sock = getattr(layer, "socket", None)
     if sock is None:
         return False
     try:
@@ -127,12 +131,12 @@ class FaultyStream(trio.abc.HalfCloseableStream):
             return
         view = memoryview(data).cast("B")
         while view:
-            if self.cut:
-                return  # dropped: the network "lost" the rest
             allowance = self._allowance()
             if allowance == 0:
                 await self._trip()
-                continue
+                if self.was_reset:
+                    raise trio.BrokenResourceError("connection reset by fault injection")
+                return  # cut: the network "lost" the rest
             size = len(view)
             if self.faults.split is not None:
                 size = min(size, self.faults.split)

@@ -4,8 +4,8 @@ test, with optional faults and transcripts.
 Stack of one connection, from the network up::
 
     trio.SocketStream            (or any HalfCloseableStream)
-    FaultyStream                 if faults are given      (_faults.py)
     TranscriptStream             if a wire transcript is asked for
+    FaultyStream                 if faults are given      (_faults.py)
     MemoryTLS                    once start_tls() ran     (_memory_tls.py)
     TLSPeerStream                what the test holds; cleartext transcript here
 
@@ -199,13 +199,14 @@ def wrap_transport(
     faults: Faults | None = None,
     wire_transcript: Transcript | None = None,
 ) -> tuple[trio.abc.HalfCloseableStream, FaultyStream | None]:
-    """``transport`` with faults, then a wire transcript, layered on top."""
+    """``transport`` with a wire transcript, then faults, layered on top: the
+    transcript sees what really left (each piece, nothing after a cut)."""
+    if wire_transcript is not None:
+        transport = TranscriptStream(transport, wire_transcript)
     faulty = None
     if faults is not None:
         faulty = FaultyStream(transport, faults)
         transport = faulty
-    if wire_transcript is not None:
-        transport = TranscriptStream(transport, wire_transcript)
     return transport, faulty
 
 
