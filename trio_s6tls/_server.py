@@ -139,6 +139,9 @@ class Server:
         self.slots = trio.Semaphore(max(config.max_conn, 1))
         self.per_ip: Counter[str] = Counter()
         self.processes: set[trio.Process] = set()
+        # Signals for progs still being spawned (Popen runs in a thread:
+        # prog may already run, and be seen by a client, before we know it).
+        self.spawning: dict[object, list[int]] = {}
         self.accept_scope = trio.CancelScope()
         self.cancel_scope = trio.CancelScope()
         self.abandon_children = False
@@ -156,7 +159,10 @@ class Server:
         self.accept_scope.cancel()
 
     def signal_children(self, signum: int) -> None:
-        """Send ``signum`` to every running prog."""
+        """Send ``signum`` to every running prog, and to those being spawned
+        as soon as they are."""
+        for pending in self.spawning.values():
+            pending.append(signum)
         for process in list(self.processes):
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -342,6 +348,9 @@ class Server:
         self, argv: list[str], env: dict[str, str], *, stdin: int, stdout: int
     ) -> trio.Process:
         config = self.config
+        pending: list[int] = []
+        ticket = object()
+        self.spawning[ticket] = pending
         try:
             process = await trio.lowlevel.open_process(
                 argv,
@@ -356,7 +365,12 @@ class Server:
         except (OSError, subprocess.SubprocessError) as error:
             detail = describe_os_error(error) if isinstance(error, OSError) else str(error)
             raise Fatal(EXIT_SYSTEM, f"unable to spawn {shlex.join(argv)}: {detail}") from None
+        finally:
+            del self.spawning[ticket]
         self.processes.add(process)
+        for signum in pending:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
         config.log.info(f"pid {process.pid} started", level=3)
         return process
 

@@ -1,0 +1,236 @@
+"""s6-tcpserver end to end: the installed program as a subprocess.
+
+Rules as in test_tlsserver.py (whose helpers this module shares): loopback
+only, port 0 and ``-1`` readiness, a bound on every wait, no sleeps. The
+only timed wait is the negative check of ``-c`` (a client that must *not*
+be served within a short bound).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import Pki, program
+from test_tlsserver import (
+    TIMEOUT,
+    client_context,
+    connect,
+    exchange,
+    parse_env,
+    read_all,
+    server,
+    wait_until,
+)
+
+ENV_PROG = ["sh", "-c", "env; exec cat >/dev/null"]
+
+
+def ask(port: int, data: bytes = b"", source: str | None = None) -> bytes:
+    with connect(port, source) as sock:
+        if data:
+            sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        return read_all(sock)
+
+
+def test_socket_is_stdin_stdout_and_environment(pki: Pki) -> None:
+    env = pki.env(KEEPME="yes")
+    with server(["s6-tcpserver", "-l", "me.example", "127.0.0.1", "0", *ENV_PROG], env) as srv:
+        with connect(srv.port) as sock:
+            client_port = sock.getsockname()[1]
+            sock.shutdown(socket.SHUT_WR)
+            got = parse_env(read_all(sock))
+        assert got["PROTO"] == "TCP"
+        assert (got["TCPLOCALIP"], got["TCPLOCALPORT"]) == ("127.0.0.1", str(srv.port))
+        assert (got["TCPREMOTEIP"], got["TCPREMOTEPORT"]) == ("127.0.0.1", str(client_port))
+        assert got["TCPCONNNUM"] == "1"
+        assert got["TCPLOCALHOST"] == "me.example"
+        assert got["TCPREMOTEHOST"] == socket.getnameinfo(("127.0.0.1", 0), socket.NI_NAMEREQD)[0]
+        assert "TCPREMOTEINFO" not in got
+        # plain TCP touches no TLS variable
+        assert got["CERTFILE"] == str(pki.server_pem) and got["KEYFILE"] == str(pki.server_pem)
+        assert got["KEEPME"] == "yes"
+        assert not any(name.startswith("SSL_P") for name in got)
+    data = os.urandom(1 << 16)
+    with server(["s6-tcpserver", "-H", "127.0.0.1", "0", "cat"], env) as echo:
+        assert ask(echo.port, data) == data
+
+
+def test_banner_nodelay_paranoid(pki: Pki) -> None:
+    prog = [
+        "python3",
+        "-c",
+        "import os, socket; s = socket.socket(fileno=0);"
+        "print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,"
+        " os.environ.get('TCPREMOTEHOST'), os.get_blocking(0)); s.detach()",
+    ]
+    argv = [
+        "s6-tcpserver",
+        "-B",
+        "hello\r\n",
+        "-D",
+        "-p",
+        "-W",
+        "-R",
+        "-b",
+        "16",
+        "127.0.0.1",
+        "0",
+        *prog,
+    ]
+    with server(argv, pki.env()) as srv:
+        answer = ask(srv.port).decode()
+    name = socket.getnameinfo(("127.0.0.1", 0), socket.NI_NAMEREQD)[0]
+    assert answer == f"hello\r\nTrue {name} True\n"
+    argv = ["s6-tcpserver", "-d", "-w", "-H", "127.0.0.1", "0", *prog]
+    with server(argv, pki.env()) as srv:
+        assert ask(srv.port).decode() == "False None True\n"
+
+
+def test_max_connections_queue(pki: Pki) -> None:
+    """-c 2: a third client waits in the backlog until one of the two leaves."""
+    prog = ["sh", "-c", "echo in; exec cat"]
+    with server(["s6-tcpserver", "-H", "-c", "2", "127.0.0.1", "0", *prog], pki.env()) as srv:
+        first, second = connect(srv.port), connect(srv.port)
+        assert first.recv(10) == b"in\n" and second.recv(10) == b"in\n"
+        third = connect(srv.port)  # the kernel completes the TCP handshake
+        third.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            third.recv(10)  # not served while two are open
+        third.settimeout(TIMEOUT)
+        first.close()
+        assert third.recv(10) == b"in\n"
+        for sock in (second, third):
+            sock.close()
+
+
+def test_per_ip_limit(pki: Pki) -> None:
+    prog = ["sh", "-c", "echo $TCPCONNNUM; exec cat"]
+    with server(["s6-tcpserver", "-H", "-C", "1", "127.0.0.1", "0", *prog], pki.env()) as srv:
+        first = connect(srv.port)
+        assert first.recv(10) == b"1\n"
+        assert ask(srv.port) == b""  # closed at once
+        assert ask(srv.port, source="127.0.0.2") == b"1\n"
+        first.close()
+
+        def served() -> bool:
+            return ask(srv.port) == b"1\n"
+
+        wait_until(served, "per-ip slot freed")
+        assert "too many connections from 127.0.0.1" in srv.stderr
+
+
+def test_prog_identity(pki: Pki, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("changing prog's identity needs root")
+    prog = ["sh", "-c", "id -u; id -g; id -G"]
+    argv = [
+        "s6-tcpserver",
+        "-H",
+        "-u",
+        "65534",
+        "-g",
+        "65534",
+        "-G",
+        "65534,100",
+        "127.0.0.1",
+        "0",
+        *prog,
+    ]
+    with server(argv, pki.env()) as srv:
+        assert ask(srv.port).split() == [b"65534", b"65534", b"65534", b"100"]
+    env = pki.env(UID="1", GID="2", GIDLIST="3")
+    with server(["s6-tcpserver", "-H", "-U", "127.0.0.1", "0", *prog], env) as srv:
+        assert ask(srv.port).split() == [b"1", b"2", b"2", b"3"]
+
+
+def test_rules_and_proxy(pki: Pki, tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    (rules / "ip4/127.0.0.0_8/env").mkdir(parents=True)
+    (rules / "ip4/127.0.0.0_8/allow").touch()
+    (rules / "ip4/127.0.0.0_8/env/WHO").write_text("loopback\n")
+    (rules / "ip4/127.0.0.9_32").mkdir(parents=True)
+    (rules / "ip4/127.0.0.9_32/deny").touch()
+    argv = ["s6-tcpserver", "-H", "-L", "-i", str(rules), "127.0.0.1", "0", *ENV_PROG]
+    with server(argv, pki.env()) as srv:
+        got = parse_env(ask(srv.port, b"PROXY TCP6 2001:db8::1 2001:db8::2 1234 80\r\n"))
+        assert got["WHO"] == "loopback"
+        assert (got["TCPREMOTEIP"], got["TCPREMOTEPORT"]) == ("2001:db8::1", "1234")
+        assert (got["TCPLOCALIP"], got["TCPLOCALPORT"]) == ("2001:db8::2", "80")
+        assert ask(srv.port, b"PROXY TCP6 2001:db8::1 2001:db8::2 1234 80\r\n", "127.0.0.9") == b""
+        assert ask(srv.port, b"GET / HTTP/1.0\r\n\r\n") == b""  # not a PROXY header
+        got = parse_env(ask(srv.port, b"PROXY UNKNOWN\r\n"))
+        assert got["TCPREMOTEIP"] == "127.0.0.1"
+
+
+def test_sigterm_leaves_children_running(pki: Pki) -> None:
+    """The C tool's behaviour: the server exits, running progs keep their
+    sockets and finish their work."""
+    prog = ["sh", "-c", "echo in; exec cat"]
+    with (
+        server(["s6-tcpserver", "-H", "127.0.0.1", "0", *prog], pki.env()) as srv,
+        connect(srv.port) as sock,
+    ):
+        assert sock.recv(10) == b"in\n"
+        assert srv.stop(signal.SIGTERM) == 0
+        with pytest.raises(ConnectionRefusedError):
+            connect(srv.port)
+        sock.sendall(b"still here")
+        sock.shutdown(socket.SHUT_WR)
+        assert read_all(sock) == b"still here"
+
+
+def test_sighup_and_workers(pki: Pki) -> None:
+    prog = ["sh", "-c", "echo $PPID; exec cat"]
+    with server(
+        ["s6-tcpserver", "-H", "--workers", "2", "127.0.0.1", "0", *prog], pki.env()
+    ) as srv:
+        with connect(srv.port) as sock:
+            assert sock.recv(100).strip().isdigit()
+            srv.process.send_signal(signal.SIGHUP)  # forwarded to the workers, then to cat
+            assert read_all(sock) == b""
+        parents = set()
+        for _ in range(200):
+            parents.add(ask(srv.port))
+            if len(parents) == 2:
+                break
+        assert len(parents) == 2
+        assert srv.stop(signal.SIGTERM) == 0
+
+
+def test_chain_with_tlsd(pki: Pki) -> None:
+    """s6-tcpserver ... s6-tlsd -Z prog: UCSPI variables from the server,
+    SSL_* from s6-tlsd, TLS variables kept by -Z."""
+
+    argv = ["s6-tcpserver", "-H", "127.0.0.1", "0", program("s6-tlsd"), "-Z", *ENV_PROG]
+    with server(argv, pki.env()) as srv:
+        got = parse_env(exchange(srv.port, client_context(pki), b""))
+    assert got["SSL_PROTOCOL"] == "TLSv1.3" and got["CERTFILE"] == str(pki.server_pem)
+    assert got["TCPREMOTEIP"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["127.0.0.1", "0"], 100, "usage"),
+        (["-c", "0", "127.0.0.1", "0", "cat"], 100, "usage"),
+        (["-x", "r.cdb", "127.0.0.1", "0", "cat"], 100, "CDB"),
+        (["-U", "127.0.0.1", "0", "cat"], 100, "UID"),
+        (["256.0.0.1", "0", "cat"], 111, "unable to bind"),
+    ],
+)
+def test_bad_input(pki: Pki, args: list[str], code: int, needle: str) -> None:
+    result = subprocess.run(
+        [program("s6-tcpserver"), *args],
+        env=pki.env(UID="nobody"),
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == code
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("s6-tcpserver: ") and needle in lines[0], lines
