@@ -1,0 +1,65 @@
+"""The command-line surface: ``python -m trio_s6tls``, the demo, ``--help``
+and ``--version`` for every program, and the promise that those and usage
+errors never import trio or ssl (start-up time).
+
+Rules: subprocesses with timeouts; the demo uses loopback only.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import program
+from trio_s6tls.programs import PROGRAMS
+
+TIMEOUT = 60
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+
+
+def test_demo_runs_end_to_end() -> None:
+    result = run(sys.executable, "-m", "trio_s6tls", "demo")
+    assert result.returncode == 0, result.stderr
+    assert "demo: server application received b'hello through TLS\\n'" in result.stdout
+    assert "SSL_PROTOCOL=TLSv1.3" in result.stdout
+    assert result.stdout.rstrip().endswith("demo: OK")
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_help_and_version(name: str) -> None:
+    helped = run(program(name), "--help")
+    assert helped.returncode == 0
+    assert helped.stdout.startswith(f"usage: {name} ")
+    versioned = run(program(name), "--version")
+    assert versioned.returncode == 0
+    assert versioned.stdout.startswith(f"{name} (trio_s6tls) ")
+
+
+def test_python_dash_m_dispatches_and_rejects_unknown_programs() -> None:
+    assert run(sys.executable, "-m", "trio_s6tls", "s6-tlsd-io", "--version").stdout.startswith("s6-tlsd-io ")
+    unknown = run(sys.executable, "-m", "trio_s6tls", "s6-nothing")
+    assert unknown.returncode == 100
+    assert unknown.stderr.startswith("trio_s6tls: usage: unknown program")
+
+
+CHECK_IMPORTS = """
+import sys
+from trio_s6tls.programs import {module} as prog
+try:
+    status = prog.main({argv!r})
+finally:
+    sys.stdout.flush()
+print("IMPORTED", "trio" in sys.modules, "ssl" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["-X"], ["-K", "x", "6", "7"]])
+@pytest.mark.parametrize("module", sorted(PROGRAMS.values()))
+def test_fast_paths_do_not_import_trio_or_ssl(module: str, argv: list[str]) -> None:
+    result = run(sys.executable, "-c", CHECK_IMPORTS.format(module=module, argv=argv))
+    assert result.stdout.splitlines()[-1] == "IMPORTED False False", result.stderr
