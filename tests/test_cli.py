@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import program
+
 from trio_s6tls.programs import PROGRAMS
 
 TIMEOUT = 60

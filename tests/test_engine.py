@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 import trio.testing
-
 from conftest import Pki
+
 from trio_s6tls import TLSOptions, client_context, run_engine, server_context, tls_over
 from trio_s6tls._log import Log
 
@@ -118,10 +118,10 @@ async def test_half_close_reply_still_arrives_and_both_exit_0(pki: Pki) -> None:
 
 async def test_ragged_eof_is_fatal_only_with_enforce(pki: Pki) -> None:
     # -s on the client is a half-close without close_notify: ragged for -J
-    client, server = await run_pair(pki, TLSOptions(), TLSOptions(enforce_close_notify=True), send_then_eof)
+    _client, server = await run_pair(pki, TLSOptions(), TLSOptions(enforce_close_notify=True), send_then_eof)
     assert server.status == [98]
     assert server.messages.getvalue() == "test: fatal: peer closed the connection without a close_notify\n"
-    client, server = await run_pair(pki, TLSOptions(), TLSOptions(enforce_close_notify=False), request_reply)
+    _client, server = await run_pair(pki, TLSOptions(), TLSOptions(enforce_close_notify=False), request_reply)
     assert server.status == [0]
 
 
@@ -150,14 +150,14 @@ async def test_eof_inside_a_record_is_always_fatal(pki: Pki) -> None:
 
     # The client's handshake flight is well under 4000 bytes; 4000 + 5 cuts
     # the first application record after its header.
-    client, server = await run_pair(pki, TLSOptions(), TLSOptions(), big_send, cut_client_to_server=4000)
+    _client, server = await run_pair(pki, TLSOptions(), TLSOptions(), big_send, cut_client_to_server=4000)
     assert server.status == [98]
     assert "in the middle of a TLS record" in server.messages.getvalue()
 
 
 async def test_handshake_timeout(pki: Pki) -> None:
-    client_net, server_net = trio.testing.memory_stream_pair()
-    server_app, server_local = trio.testing.memory_stream_pair()
+    _client_net, server_net = trio.testing.memory_stream_pair()
+    _server_app, server_local = trio.testing.memory_stream_pair()
     options = TLSOptions(handshake_timeout_ms=200)
     tls = tls_over(server_net, server_context(pki.env(), options), server_side=True)
     with trio.fail_after(5):

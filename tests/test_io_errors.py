@@ -19,7 +19,6 @@ import pytest
 __all__ = ["listener"]  # the fixture, shared with test_io_programs
 
 from conftest import Pki, spawn
-from trio_s6tls import decode_notification
 from test_io_programs import (
     TIMEOUT,
     Sink,
@@ -31,6 +30,7 @@ from test_io_programs import (
     wait_for,
 )
 
+from trio_s6tls import decode_notification
 
 # -- SNI -------------------------------------------------------------------------
 

@@ -19,12 +19,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import trustme
+from conftest import Pki, spawn
 
-from conftest import Pki, program, spawn
 from trio_s6tls import decode_notification
 
 TIMEOUT = 30

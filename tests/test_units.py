@@ -27,7 +27,6 @@ from trio_s6tls._tlsconfig import (
 )
 from trio_s6tls.programs import _options
 
-
 # -- option parsing ---------------------------------------------------------
 
 

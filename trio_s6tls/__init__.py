@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from ._version import __version__ as __version__
 
 _EXPORTS = {
     "Fatal": "_errors",
@@ -46,11 +46,11 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from ._engine import TLSTransport as TLSTransport
-    from ._engine import network_from_fds as network_from_fds
     from ._engine import establish as establish
+    from ._engine import network_from_fds as network_from_fds
     from ._engine import run_engine as run_engine
-    from ._engine import tunnel as tunnel
     from ._engine import tls_over as tls_over
+    from ._engine import tunnel as tunnel
     from ._errors import EXIT_CONFIG as EXIT_CONFIG
     from ._errors import EXIT_ENGINE as EXIT_ENGINE
     from ._errors import EXIT_OK as EXIT_OK

@@ -46,9 +46,11 @@ CHUNK = 256 * 1024  # large reads: few Python round trips per record
 class TLSTransport(Protocol):
     """What the engine needs from a TLS connection (both transports have it)."""
 
-    connection: ssl.SSLSocket | ssl.SSLObject
     records: RecordState
     close_notify_sent: bool
+
+    @property
+    def connection(self) -> ssl.SSLSocket | ssl.SSLObject: ...
 
     async def handshake(self) -> None: ...
     async def receive_into(self, buffer: bytearray) -> int: ...

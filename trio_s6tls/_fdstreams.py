@@ -22,7 +22,6 @@ import stat
 
 import trio
 
-
 PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size: fewer, larger reads and writes
 
 

@@ -37,10 +37,7 @@ def handshake_variables(
     negotiated; ``SSL_SESSION_RESUMED`` only when ``resumed_flag``.
     """
     cipher = conn.cipher()
-    if server_side:
-        sni = getattr(conn, "s6_sni_name", None)
-    else:
-        sni = conn.server_hostname
+    sni = getattr(conn, "s6_sni_name", None) if server_side else conn.server_hostname
     peer = conn.getpeercert(binary_form=True)
     variables: Variables = {
         "SSL_PROTOCOL": conn.version(),

@@ -17,6 +17,7 @@ never blocks on a writer stuck behind a peer that does not read.
 from __future__ import annotations
 
 import ssl
+from typing import cast
 
 import trio
 
@@ -91,7 +92,8 @@ class MemoryTLS:
         filled = 0
         while True:
             try:
-                count = self.connection.read(len(view) - filled, view[filled:])
+                # with a buffer, read() returns a count (typeshed says bytes)
+                count = cast(int, self.connection.read(len(view) - filled, view[filled:]))
             except ssl.SSLWantReadError:
                 await self._flush_if_free()
                 if filled:

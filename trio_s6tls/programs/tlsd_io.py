@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from .._cli import Parsed, Program, UsageError, fd_operand
+from .._cli import Parsed, Program, fd_operand
+from .._errors import UsageError
 from . import _options
 
 PROGRAM = Program(
