@@ -460,3 +460,243 @@ def test_help_and_version_need_no_trio() -> None:
     for name in ("s6-tlsc", "s6-tlsd"):
         proc = subprocess.run([program(name), "--help"], capture_output=True, timeout=TIMEOUT)
         assert proc.returncode == 0 and proc.stdout.startswith(b"usage: " + name.encode())
+
+
+# --- every TLS option passes through to the engine -------------------------
+
+
+@pytest.fixture(scope="module")
+def other_pem(pki: Pki) -> Path:
+    """A second server identity, for SNI: other.example."""
+    path = pki.dir / "other.pem"
+    if not path.exists():
+        pki.ca.issue_cert("other.example").private_key_and_cert_chain_pem.write_to_path(str(path))
+    return path
+
+
+def run_reporting_pair(
+    pki: Pki,
+    tcp_pair: tuple[socket.socket, socket.socket],
+    client_flags: list[str],
+    server_flags: list[str],
+    *,
+    client_env: dict[str, str] | None = None,
+    server_env_: dict[str, str] | None = None,
+) -> tuple[int, int, dict[str, str], dict[str, str], str, str]:
+    """Both progs report their environment: the server's goes through the
+    tunnel to the client, which half-closes at once and then adds its own.
+    Returns both exit codes, the server's and the client's variables, and
+    both stderrs."""
+    server_prog = sh("env | sed 's/^/server:/'; cat > /dev/null")
+    client_prog = sh("exec 7>&-; cat <&6; env | sed 's/^/client:/'")
+    tlsc, tlsd = start_pair(
+        pki, tcp_pair, client_prog, server_prog, client_flags=tuple(client_flags),
+        server_flags=tuple(server_flags), client_env=client_env, server_env_=server_env_, client_fds=(6, 7),
+    )  # fmt: skip
+    with reaped(tlsc, tlsd):
+        out, client_err = finish(tlsc)
+        _, server_err = finish(tlsd)
+    text = out.decode()
+    server_vars = parse_env(
+        "\n".join(line[7:] for line in text.splitlines() if line.startswith("server:"))
+    )
+    client_vars = parse_env(
+        "\n".join(line[7:] for line in text.splitlines() if line.startswith("client:"))
+    )
+    return (
+        tlsc.returncode,
+        tlsd.returncode,
+        server_vars,
+        client_vars,
+        client_err.decode(),
+        server_err.decode(),
+    )
+
+
+def test_alpn_both_sides(pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    c, d, server, client, _, _ = run_reporting_pair(
+        pki, tcp_pair, ["-k", "localhost", "--alpn", "h2,http/1.1"], ["--alpn", "http/1.1"]
+    )
+    assert (c, d) == (0, 0)
+    assert server["SSL_ALPN_PROTOCOL"] == client["SSL_ALPN_PROTOCOL"] == "http/1.1"
+
+
+@pytest.mark.parametrize(
+    ("client_flags", "server_flags", "protocol", "cipher_prefix"),
+    [
+        (["--min-version", "1.3"], [], "TLSv1.3", "TLS_"),
+        (["--max-version", "1.2", "--ciphers", "ECDHE+CHACHA20"], [], "TLSv1.2", "ECDHE-"),
+        ([], ["--max-version", "1.2"], "TLSv1.2", "ECDHE-"),
+    ],
+    ids=["client-min-1.3", "client-max-1.2-ciphers", "server-max-1.2"],
+)
+def test_versions_and_ciphers(
+    pki: Pki,
+    tcp_pair: tuple[socket.socket, socket.socket],
+    client_flags: list[str],
+    server_flags: list[str],
+    protocol: str,
+    cipher_prefix: str,
+) -> None:
+    c, d, server, client, cerr, serr = run_reporting_pair(
+        pki, tcp_pair, ["-k", "localhost", *client_flags], server_flags
+    )
+    assert (c, d) == (0, 0), (cerr, serr)
+    assert server["SSL_PROTOCOL"] == client["SSL_PROTOCOL"] == protocol
+    assert client["SSL_CIPHER"].startswith(cipher_prefix)
+    if "--ciphers" in client_flags:
+        assert "CHACHA20" in client["SSL_CIPHER"]
+
+
+def test_version_mismatch_fails_both(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    c, d, server, client, _, serr = run_reporting_pair(
+        pki, tcp_pair, ["-k", "localhost", "--max-version", "1.2"], ["--min-version", "1.3"]
+    )
+    assert (c, d) == (98, 98) and not server and not client, serr
+
+
+def test_no_verify_cert(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    stranger = tmp_path / "stranger.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    c, d, _, client, cerr, _ = run_reporting_pair(
+        pki, tcp_pair, ["--no-verify-cert"], [], client_env=pki.env(CAFILE=str(stranger))
+    )
+    assert (c, d) == (0, 0), cerr
+    assert client["SSL_PEER_CERT_HASH"].startswith("SHA256:")
+
+
+@pytest.mark.parametrize(
+    ("client_flags", "server_flags", "server_code", "peer_cert"),
+    [
+        (["-Y"], ["-Y"], 0, False),  # optional: none sent, none seen
+        (["-y"], ["-Y"], 0, True),
+        (["-Y"], ["-y"], 98, False),  # mandatory and none sent: the server refuses
+        (["--client-cert"], ["--mandatory-client-cert"], 0, True),
+    ],
+    ids=["Y-Y", "y-Y", "Y-y", "long-forms"],
+)
+def test_client_certificate_policies(
+    pki: Pki,
+    tcp_pair: tuple[socket.socket, socket.socket],
+    client_flags: list[str],
+    server_flags: list[str],
+    server_code: int,
+    peer_cert: bool,
+) -> None:
+    client_env = pki.env(CERTFILE=str(pki.client_pem), KEYFILE=str(pki.client_pem))
+    _, d, server, _, _, serr = run_reporting_pair(
+        pki, tcp_pair, ["-k", "localhost", *client_flags], server_flags, client_env=client_env
+    )
+    assert d == server_code, serr
+    if server_code == 0:
+        assert ("SSL_PEER_CERT_HASH" in server) == peer_cert
+    else:
+        assert not server  # prog never ran
+
+
+@pytest.mark.parametrize(
+    ("server_flags", "servername", "ok"),
+    [
+        ([], "other.example", False),  # level 0: only KEYFILE/CERTFILE, wrong name for the client
+        (["-k", "1"], "other.example", True),
+        (["--sni"], "localhost", True),  # level 1: the default pair for other names
+        (["--mandatory-sni"], "localhost", False),  # level 2: only :NAME pairs
+        (["-k2"], "other.example", True),
+    ],
+    ids=["k0", "k1", "sni-default", "mandatory-unknown", "k2-known"],
+)
+def test_sni_levels(
+    pki: Pki,
+    tcp_pair: tuple[socket.socket, socket.socket],
+    other_pem: Path,
+    server_flags: list[str],
+    servername: str,
+    ok: bool,
+) -> None:
+    env = pki.env(
+        **{"KEYFILE:other.example": str(other_pem), "CERTFILE:other.example": str(other_pem)}
+    )
+    c, d, server, _, cerr, serr = run_reporting_pair(
+        pki, tcp_pair, ["-k", servername], server_flags, client_env=env, server_env_=env
+    )
+    if ok:
+        assert (c, d) == (0, 0), (cerr, serr)
+        assert server["SSL_TLS_SNI_SERVERNAME"] == servername
+    else:
+        assert c == 98 and d == 98, (cerr, serr)
+
+
+@pytest.mark.parametrize(
+    ("server_flags", "client_flags", "client_complains"),
+    [
+        ([], ["-J"], True),  # -s: the server half-closes without close_notify
+        (["-S"], ["-J"], False),
+        (["--close-notify"], ["--enforce-close-notify"], False),
+        ([], ["-j"], False),
+    ],
+    ids=["s-J", "S-J", "long-forms", "s-j"],
+)
+def test_close_notify_modes(
+    pki: Pki,
+    tcp_pair: tuple[socket.socket, socket.socket],
+    server_flags: list[str],
+    client_flags: list[str],
+    client_complains: bool,
+) -> None:
+    c, d, server, _, cerr, serr = run_reporting_pair(
+        pki, tcp_pair, ["-k", "localhost", *client_flags], server_flags
+    )
+    assert (c, d) == (0, 0), (cerr, serr)  # progs' codes: the engine logs after the exec
+    assert server["SSL_PROTOCOL"]
+    complaint = "s6-tlsc: fatal: peer closed the connection without a close_notify"
+    assert (complaint in cerr) == client_complains, cerr
+
+
+def test_client_close_notify_is_seen_by_enforcing_server(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    # The client's -S: its prog's early EOF becomes a close_notify, so the
+    # server's -J has nothing to complain about (the client then discards
+    # what arrives, so its prog sees no server report).
+    *_, serr = run_reporting_pair(pki, tcp_pair, ["-k", "localhost", "-S"], ["-J"])
+    assert "fatal" not in serr, serr
+    *_, serr = run_reporting_pair_plain(pki)
+    assert "s6-tlsd: fatal: peer closed the connection without a close_notify" in serr, serr
+
+
+def run_reporting_pair_plain(pki: Pki) -> tuple[int, int, dict[str, str], dict[str, str], str, str]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname()[:2])
+        server, _ = listener.accept()
+    with client, server:
+        return run_reporting_pair(pki, (client, server), ["-k", "localhost"], ["-J"])
+
+
+def test_verbosity_2_logs_the_handshake(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    _, d, _, _, _, serr = run_reporting_pair(pki, tcp_pair, ["-k", "localhost"], ["-v", "2"])
+    assert d == 0
+    assert "s6-tlsd: info: SSL_PROTOCOL=TLSv1." in serr
+
+
+def test_handshake_timeout(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    client, server = tcp_pair  # the client never says a word
+    marker = tmp_path / "ran"
+    tlsd = spawn(
+        ["s6-tlsd", "-K", "300", "touch", str(marker)],
+        {0: server.fileno(), 1: server.fileno()},
+        pki.env(),
+    )
+    server.close()
+    with reaped(tlsd):
+        _, err = finish(tlsd)
+    assert tlsd.returncode == 98, err
+    assert b"handshake timed out" in err and not marker.exists()
+    del client
