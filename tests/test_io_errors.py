@@ -13,6 +13,7 @@ import socket
 import ssl
 import struct
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -230,3 +231,24 @@ def test_peer_reset_mid_stream(pki: Pki, listener: socket.socket) -> None:
     code, err = engine.finish()
     assert code == 111
     assert "reset" in one_line(err, "s6-tlsd-io").lower()
+
+
+# -- privileges -----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root (CI runs as root)")
+def test_tls_uid_gid_are_dropped_after_loading_the_keys(pki: Pki, listener: socket.socket, tmp_path: Path) -> None:
+    private = tmp_path / "root-only.pem"
+    private.write_bytes(pki.server_pem.read_bytes())
+    private.chmod(0o600)  # readable by root only: it must be loaded before the drop
+    env = pki.env(CERTFILE=str(private), KEYFILE=str(private), TLS_UID="65534", TLS_GID="65533")
+    sock, engine = connect_and_serve(pki, listener, [], env)
+    status = Path(f"/proc/{engine.proc.pid}/status").read_text()
+    ids = {line.split(":")[0]: line.split()[1:] for line in status.splitlines() if line.startswith(("Uid:", "Gid:", "Groups:"))}
+    sock.close()
+    os.close(engine.to_app)
+    os.close(engine.from_app)
+    engine.finish()
+    assert ids["Uid"] == ["65534"] * 4
+    assert ids["Gid"] == ["65533"] * 4
+    assert ids["Groups"] == ["65533"]
