@@ -9,9 +9,10 @@ importing trio or ssl.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from ._version import __version__ as __version__
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the programs' start-up
 
 _EXPORTS = {
     "Fatal": "_errors",
@@ -45,6 +46,8 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._engine import TLSTransport as TLSTransport
     from ._engine import establish as establish
     from ._engine import network_from_fds as network_from_fds

@@ -11,15 +11,16 @@ from __future__ import annotations
 import getopt
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from ._errors import EXIT_SYSTEM, EXIT_USAGE, Fatal, UsageError
 from ._log import Log
 from ._version import __version__
 
+TYPE_CHECKING = False  # typing and dataclasses would cost --version ~20 ms
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass(frozen=True)
+
 class Opt:
     """One option: ``-x``/``--long``, stored in ``dest``.
 
@@ -27,11 +28,21 @@ class Opt:
     option takes an argument, converted by ``parse`` (ValueError → usage).
     """
 
-    short: str
-    long: str | None
-    dest: str
-    value: Any = True
-    parse: Callable[[str], Any] | None = None
+    __slots__ = ("dest", "long", "parse", "short", "value")
+
+    def __init__(
+        self,
+        short: str,
+        long: str | None,
+        dest: str,
+        value: Any = True,
+        parse: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.short = short
+        self.long = long
+        self.dest = dest
+        self.value = value
+        self.parse = parse
 
 
 def uint(text: str) -> int:
@@ -41,12 +52,14 @@ def uint(text: str) -> int:
     return int(text)
 
 
-@dataclass
 class Parsed:
-    values: dict[str, Any] = field(default_factory=dict)
-    operands: list[str] = field(default_factory=list)
-    help: bool = False
-    version: bool = False
+    """Option values by ``dest``, the operands, and the two built-in flags."""
+
+    def __init__(self, operands: list[str]) -> None:
+        self.values: dict[str, Any] = {}
+        self.operands = operands
+        self.help = False
+        self.version = False
 
 
 def parse_options(argv: Sequence[str], options: Sequence[Opt]) -> Parsed:

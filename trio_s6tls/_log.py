@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+
+TYPE_CHECKING = False  # importing typing would slow down --version
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 class Log:

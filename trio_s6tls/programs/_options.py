@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .._cli import Opt, uint
+
+TYPE_CHECKING = False  # importing typing would slow down --version
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _alpn(text: str) -> tuple[str, ...]:
