@@ -1,0 +1,310 @@
+"""s6-tlsserver against stunnel4 in exec mode, side by side in one run.
+
+Both servers run the same trivial responder per connection (``head -n 1``:
+echo one line, exit) and the same certificate (trustme, loopback). Neither
+issues session tickets (s6-tlsserver's default; ``sessionResume = no`` and
+``options = NO_TICKET`` for stunnel), so every connection is a full
+handshake.
+
+1. Full handshakes per second: CLIENTS client processes × THREADS threads,
+   each looping connect → handshake → one line → reply → close for SECONDS.
+   s6-tlsserver runs with ``--workers`` = the number of cores.
+2. Resident memory per idle connection: N connections opened and held (the
+   responder waits for its line); the server-side process tree (server,
+   workers, every prog) is measured before and after, as the sum of RSS and
+   of PSS (``/proc/PID/smaps_rollup``; PSS shares common pages fairly).
+   Both servers in one process here (``--workers 1``, stunnel's threads).
+
+Usage: python bench/server.py [--seconds 10] [--connections 200]
+Prints each figure and the ratios s6-tlsserver / stunnel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trustme
+
+RESPONDER = ["/usr/bin/head", "-n", "1"]
+LINE = b"ping\n"
+READY_TIMEOUT = 20
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@contextmanager
+def s6_tlsserver(pem: Path, workers: int) -> Iterator[tuple[int, int]]:
+    program = shutil.which("s6-tlsserver") or str(Path(sys.executable).parent / "s6-tlsserver")
+    env = {**os.environ, "CERTFILE": str(pem), "KEYFILE": str(pem)}
+    process = subprocess.Popen(
+        [
+            program,
+            "-1",
+            "-q",
+            "-H",
+            "-c",
+            "16384",
+            "-C",
+            "16384",
+            "--workers",
+            str(workers),
+            "127.0.0.1",
+            "0",
+            *RESPONDER,
+        ],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        yield port, process.pid
+    finally:
+        process.send_signal(signal.SIGABRT)
+        process.wait(READY_TIMEOUT)
+
+
+@contextmanager
+def stunnel(pem: Path, directory: Path) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    config = directory / "stunnel.conf"
+    config.write_text(
+        "foreground = yes\n"
+        "pid =\n"
+        "debug = 3\n"
+        "[bench]\n"
+        f"accept = 127.0.0.1:{port}\n"
+        f"cert = {pem}\n"
+        f"key = {pem}\n"
+        "sessionResume = no\n"
+        "options = NO_TICKET\n"
+        f"exec = {RESPONDER[0]}\n"
+        f"execArgs = {' '.join(['head', *RESPONDER[1:]])}\n"
+    )
+    process = subprocess.Popen(
+        [shutil.which("stunnel4") or "stunnel", str(config)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port)
+        yield port, process.pid
+    finally:
+        process.terminate()
+        process.wait(READY_TIMEOUT)
+
+
+# -- handshake rate ------------------------------------------------------------
+
+
+def one_connection(port: int, context: ssl.SSLContext) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        # Nagle + delayed ACK would stall our ping behind the Finished
+        # message for 40 ms and measure the TCP stack, not the servers.
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(LINE)
+            received = b""
+            while not received.endswith(b"\n"):
+                chunk = tls.recv(64)
+                if not chunk:
+                    break
+                received += chunk
+            if received != LINE:
+                raise RuntimeError(f"bad reply {received!r}")
+
+
+def client_process(port: int, cafile: str, seconds: float, threads: int) -> None:
+    """Child mode: print how many exchanges completed in ``seconds``."""
+    context = ssl.create_default_context(cafile=cafile)
+    deadline = time.monotonic() + seconds
+    counts = [0] * threads
+    errors = [0] * threads
+
+    def loop(index: int) -> None:
+        while time.monotonic() < deadline:
+            try:
+                one_connection(port, context)
+                counts[index] += 1
+            except (OSError, RuntimeError):
+                errors[index] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    print(sum(counts), sum(errors))
+
+
+def handshake_rate(
+    port: int, cafile: Path, seconds: float, clients: int, threads: int
+) -> tuple[float, int]:
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--client",
+                str(port),
+                str(cafile),
+                str(seconds),
+                str(threads),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(clients)
+    ]
+    total = errors = 0
+    for process in processes:
+        out, _ = process.communicate(timeout=seconds + 60)
+        done, failed = (int(x) for x in out.split())
+        total += done
+        errors += failed
+    return total / seconds, errors
+
+
+# -- memory --------------------------------------------------------------------
+
+
+def tree(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    result, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        result.append(current)
+        stack.extend(children.get(current, []))
+    return result
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) in KiB over the process tree of ``pid``."""
+    rss = pss = 0
+    for member in tree(pid):
+        try:
+            with open(f"/proc/{member}/smaps_rollup") as file:
+                for line in file:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except OSError:
+            continue
+    return rss, pss
+
+
+def memory_per_connection(port: int, pid: int, cafile: Path, count: int) -> tuple[float, float]:
+    context = ssl.create_default_context(cafile=str(cafile))
+    settle = 0.5
+    time.sleep(settle)  # let the server finish starting up (a measurement, not a synchronisation)
+    rss0, pss0 = memory_kib(pid)
+    held = []
+    try:
+        for _ in range(count):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(context.wrap_socket(raw, server_hostname="localhost"))
+        expected = count + 1  # the server and one responder per connection
+        deadline = time.monotonic() + READY_TIMEOUT
+        while len(tree(pid)) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)  # every responder started
+        time.sleep(settle)
+        rss1, pss1 = memory_kib(pid)
+    finally:
+        for tls in held:
+            tls.close()
+    return (rss1 - rss0) / count, (pss1 - pss0) / count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        ca = trustme.CA()
+        pem = directory / "server.pem"
+        ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+            str(pem)
+        )
+        cafile = directory / "ca.pem"
+        ca.cert_pem.write_to_path(str(cafile))
+
+        print(
+            f"handshakes: {args.clients} client processes x {args.threads} threads, {args.seconds:g} s, "
+            f"responder {' '.join(RESPONDER)}; s6-tlsserver --workers {args.workers}"
+        )
+        with s6_tlsserver(pem, args.workers) as (port, _):
+            ours, our_errors = handshake_rate(
+                port, cafile, args.seconds, args.clients, args.threads
+            )
+        print(f"  s6-tlsserver: {ours:8.1f} handshakes/s ({our_errors} errors)")
+        with stunnel(pem, directory) as (port, _):
+            theirs, their_errors = handshake_rate(
+                port, cafile, args.seconds, args.clients, args.threads
+            )
+        print(f"  stunnel4:     {theirs:8.1f} handshakes/s ({their_errors} errors)")
+
+        print(f"memory: {args.connections} idle connections, server-side process tree")
+        with s6_tlsserver(pem, 1) as (port, pid):
+            our_rss, our_pss = memory_per_connection(port, pid, cafile, args.connections)
+        print(f"  s6-tlsserver: {our_rss:7.1f} KiB RSS, {our_pss:7.1f} KiB PSS per connection")
+        with stunnel(pem, directory) as (port, pid):
+            their_rss, their_pss = memory_per_connection(port, pid, cafile, args.connections)
+        print(f"  stunnel4:     {their_rss:7.1f} KiB RSS, {their_pss:7.1f} KiB PSS per connection")
+
+        print("ratios (s6-tlsserver / stunnel4):")
+        print(f"  handshakes/s:            {ours / theirs:.2f}  (>= 1 is better)")
+        print(f"  RSS per idle connection: {our_rss / their_rss:.2f}  (<= 1 is better)")
+        print(f"  PSS per idle connection: {our_pss / their_pss:.2f}  (<= 1 is better)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+        port_text, cafile_text, seconds_text, threads_text = sys.argv[2:6]
+        client_process(int(port_text), cafile_text, float(seconds_text), int(threads_text))
+    else:
+        main()
