@@ -13,6 +13,8 @@ import socket
 import ssl
 import struct
 import threading
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -252,3 +254,60 @@ def test_tls_uid_gid_are_dropped_after_loading_the_keys(pki: Pki, listener: sock
     assert ids["Uid"] == ["65534"] * 4
     assert ids["Gid"] == ["65533"] * 4
     assert ids["Groups"] == ["65533"]
+
+
+# -- protocol and cipher policy ----------------------------------------------------------
+
+
+def handshake_with(pki: Pki, listener: socket.socket, configure: Callable[[ssl.SSLContext], None]) -> tuple[bool, int]:
+    """Whether a client configured by ``configure`` completes a handshake
+    with s6-tlsd-io, and the server's exit code."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(str(pki.ca_file))
+    configure(context)
+    completed: list[bool] = []
+
+    def client() -> None:
+        raw = socket.create_connection(listener.getsockname()[:2], timeout=TIMEOUT)
+        try:
+            with context.wrap_socket(raw, server_hostname="localhost") as sock:
+                completed.append(True)
+                while sock.recv(1024):
+                    pass
+        except (ssl.SSLError, OSError):
+            raw.close()
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    engine = serve_one(listener, ["-S"], pki.env())
+    os.close(engine.to_app)
+    os.close(engine.from_app)
+    thread.join(TIMEOUT)
+    return bool(completed), engine.finish()[0]
+
+
+def old_protocol(context: ssl.SSLContext) -> None:
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():  # deprecated, which is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+
+
+def cbc_only(context: ssl.SSLContext) -> None:
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES256-SHA384")
+
+
+def forward_secret_aead(context: ssl.SSLContext) -> None:
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+
+
+@pytest.mark.parametrize(
+    ("configure", "accepted"),
+    [(old_protocol, False), (cbc_only, False), (forward_secret_aead, True)],
+)
+def test_server_protocol_and_cipher_policy(pki: Pki, listener: socket.socket, configure: Callable[[ssl.SSLContext], None], accepted: bool) -> None:
+    completed, code = handshake_with(pki, listener, configure)
+    assert completed is accepted
+    assert code == (0 if accepted else 98)
