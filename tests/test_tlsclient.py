@@ -41,8 +41,10 @@ ENV_DUMP = (
     "nodelay = socket.socket(fileno=os.dup(6)).getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) if sys.argv[2] == 'tcp' else -1\n"
     "open(sys.argv[1], 'w').write(''.join(f'{k}={v}\\n' for k, v in os.environ.items()) + f'nodelay={nodelay}\\n')\n"
     "os.write(7, b'hello\\n')\n"
-    "os.close(7)\n"
     "data = b''\n"
+    "while not data.endswith(b'\\n') and (chunk := os.read(6, 65536)):\n"
+    "    data += chunk\n"
+    "os.close(7)  # only now: an OpenSSL peer answers a bare half-close with an alert\n"
     "while chunk := os.read(6, 65536):\n"
     "    data += chunk\n"
     "open(sys.argv[1] + '.reply', 'wb').write(data)\n"
@@ -106,6 +108,7 @@ def tlsd_behind_listener(
     client_argv: list[str],
     server_prog: list[str],
     client_env: dict[str, str] | None = None,
+    server_flags: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], bytes, bytes]:
     """Run ``client_argv`` (``{port}`` filled in) against s6-tlsd + server_prog
     started on the one connection a Python listener accepts."""
@@ -122,7 +125,7 @@ def tlsd_behind_listener(
             connection, _ = listener.accept()
             with connection:
                 server = spawn(
-                    ["s6-tlsd", "--", *server_prog],
+                    ["s6-tlsd", *server_flags, "--", *server_prog],
                     {0: connection.fileno(), 1: connection.fileno()},
                     pki.env(),
                 )
@@ -346,3 +349,32 @@ def test_ipv4_only_flag(pki: Pki, tmp_path: Path) -> None:
             _, err = finish(client)
     assert client.returncode == 0, err
     assert parse_env(report.read_text())["TCPREMOTEIP"] == "127.0.0.1"
+
+
+def test_tlsclient_tls_options(pki: Pki, tmp_path: Path) -> None:
+    """-y sends the client certificate, -Z keeps the TLS variables, -v logs
+    the connection and the handshake, -n/-h/-d/-R/-K/-S/-J parse and run."""
+    client_env = pki.env(CERTFILE=str(pki.client_pem), KEYFILE=str(pki.client_pem))
+    report = tmp_path / "env"
+    client_prog = sh('env > "$1"; cat <&6', str(report))
+    server_prog = sh('printf "%s\\n" "${SSL_PEER_CERT_HASH-none}"')
+    argv = ["s6-tlsclient", "-v", "-n", "-h", "-d", "-R", "-Z", "-y", "-K", "5000", "-s", "-j",
+            "-k", "localhost", "127.0.0.1", "{port}", *client_prog]  # fmt: skip
+    client, _, out, err = tlsd_behind_listener(pki, argv, server_prog, client_env, ("-Y",))
+    assert client.returncode == 0, err
+    assert out.decode().strip().startswith("SHA256:")  # the server saw our certificate
+    seen = parse_env(report.read_text())
+    assert seen["CERTFILE"] == str(pki.client_pem) and seen["CAFILE"]  # -Z
+    text = err.decode()
+    assert "s6-tlsclient: info: connected to 127.0.0.1 port " in text
+    assert "s6-tlsclient: info: SSL_PROTOCOL=" in text
+
+
+def test_tlsclient_quiet_connects_silently(pki: Pki) -> None:
+    client, _, out, err = tlsd_behind_listener(
+        pki,
+        ["s6-tlsclient", "-q", "-k", "localhost", "127.0.0.1", "{port}", *sh("cat <&6")],
+        sh("echo hi"),
+    )
+    assert client.returncode == 0 and out == b"hi\n"
+    assert err == b"", err

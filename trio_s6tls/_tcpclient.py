@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._errors import EXIT_SYSTEM, EXIT_USAGE, Fatal, describe_os_error
+from ._log import Log
 from ._ucspi import tcp_environment
 
 AddressInfo = tuple[int, str, tuple[str, int] | tuple[str, int, int, int]]
@@ -106,10 +107,15 @@ def _attempt(address: AddressInfo, options: TcpClientOptions, timeout: float) ->
 
 
 def connect(
-    target: str, addresses: Sequence[AddressInfo], options: TcpClientOptions
+    target: str,
+    addresses: Sequence[AddressInfo],
+    options: TcpClientOptions,
+    log: Log | None = None,
 ) -> socket.socket:
     """Try every address, round one then round two (see the module doc);
-    ``target`` names the destination in the error message."""
+    ``target`` names the destination in the error message. Each attempt is
+    logged at verbosity 2 (``-v``)."""
+    log = log or Log("trio_s6tls", options.verbosity)
     deadline = time.monotonic() + options.total_timeout if options.total_timeout else None
     last_error: OSError = OSError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
     pending = list(addresses)
@@ -124,18 +130,25 @@ def connect(
                 if timeout <= 0:
                     last_error = TimeoutError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
                     break
+            where = f"{address[1]} port {address[2][1]}"
             try:
-                return _attempt(address, options, timeout)
+                sock = _attempt(address, options, timeout)
             except TimeoutError:
                 last_error = TimeoutError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
+                log.info(f"connecting to {where}: timed out after {timeout:g} s")
                 timed_out.append(address)
+                continue
             except OSError as error:
+                log.info(f"connecting to {where}: {describe_os_error(error)}")
                 if error.errno == errno.EADDRNOTAVAIL and options.local_ip:
                     raise Fatal(
                         EXIT_SYSTEM,
                         f"unable to bind to {options.local_ip}: {describe_os_error(error)}",
                     ) from None
                 last_error = error
+                continue
+            log.info(f"connected to {where}")
+            return sock
         pending = timed_out
     raise Fatal(EXIT_SYSTEM, f"unable to connect to {target}: {describe_os_error(last_error)}")
 
@@ -174,12 +187,12 @@ def client_environment(sock: socket.socket, options: TcpClientOptions) -> dict[s
 
 
 def open_connection(
-    host: str, port: str, options: TcpClientOptions
+    host: str, port: str, options: TcpClientOptions, log: Log | None = None
 ) -> tuple[int, dict[str, str | None]]:
     """Resolve, connect and describe: the socket's fd (close-on-exec, above
     the fds an interface names) and its UCSPI variables."""
     addresses = resolve(host, port, options.family)
-    sock = connect(f"{host} port {port}", addresses, options)
+    sock = connect(f"{host} port {port}", addresses, options, log)
     if options.nodelay:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:

@@ -113,9 +113,10 @@ def run(parsed: Parsed) -> int:
     import os
 
     from .._exec import exec_program, install_fds, program_environment
+    from .._log import Log
     from .._tcpclient import open_connection
 
-    fd, tcp_env = open_connection(host, port, options)
+    fd, tcp_env = open_connection(host, port, options, Log(PROGRAM.name, options.verbosity))
     install_fds({6: fd, 7: fd})
     env = program_environment(os.environ, keep_tls=True, updates=tcp_env)
     exec_program(prog, env, blocking_fds=(6, 7))

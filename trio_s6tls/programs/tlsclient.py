@@ -55,7 +55,9 @@ def run(parsed: Parsed) -> int:
     if "servername" not in values:
         values["servername"] = host if tcp.lookup_names else None
     options = TLSOptions(**values)
-    fd, tcp_env = open_connection(host, port, tcp)
+    from .._log import Log
+
+    fd, tcp_env = open_connection(host, port, tcp, Log(PROGRAM.name, tcp.verbosity))
     return handshake_then_exec(
         prog,
         name=PROGRAM.name,
