@@ -631,3 +631,44 @@ def test_help_and_version() -> None:
             [program("s6-tlsserver"), flag], capture_output=True, timeout=TIMEOUT
         )
         assert result.returncode == 0 and b"s6-tlsserver" in result.stdout
+
+
+def test_close_notify_modes(pki: Pki) -> None:
+    """prog ends: with -S the client reads a close_notify, with -s (default)
+    a TCP FIN alone, which a strict client reports as a ragged EOF."""
+    context = client_context(pki)
+    prog = ["sh", "-c", "echo bye"]
+    for flags, clean in ((["-S"], True), (["-S", "-s"], False), ([], False)):
+        with server(["s6-tlsserver", *flags, "-H", "127.0.0.1", "0", *prog], pki.env()) as srv:
+            sock = connect(srv.port)
+            with context.wrap_socket(
+                sock, server_hostname="localhost", suppress_ragged_eofs=False
+            ) as tls:
+                assert tls.recv(10) == b"bye\n"
+                if clean:
+                    assert tls.recv(10) == b""
+                else:
+                    with pytest.raises(ssl.SSLEOFError):
+                        tls.recv(10)
+
+
+def test_banner_before_handshake_quiet_and_identity(pki: Pki) -> None:
+    """-B is sent in cleartext first; -q silences per-connection warnings;
+    -u/-g/-G set prog's identity (as root); -P, -z are accepted defaults."""
+    prog = ["sh", "-c", "id -u; id -G"]
+    argv = ["s6-tlsserver", "-q", "-P", "-z", "-B", "220 ready\r\n", "-H"]
+    if os.geteuid() == 0:
+        argv += ["-u", "65534", "-g", "65534", "-G", "65534"]
+    with server([*argv, "127.0.0.1", "0", *prog], pki.env()) as srv:
+        sock = connect(srv.port)
+        banner = b""
+        while not banner.endswith(b"\r\n"):
+            banner += sock.recv(1)
+        assert banner == b"220 ready\r\n"
+        with client_context(pki).wrap_socket(sock, server_hostname="localhost") as tls:
+            half_close(tls)
+            ids = read_all(tls).split()
+        if os.geteuid() == 0:
+            assert ids == [b"65534", b"65534"]
+        _garbage(srv.port)  # logged before the close, if it were logged at all
+        assert srv.stderr == ""
