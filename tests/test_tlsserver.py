@@ -301,8 +301,8 @@ def test_concurrent_clients_with_abusers(pki: Pki) -> None:
             good = [pool.submit(exchange, srv.port, context, data) for data in payloads]
             for future, data in zip(good, payloads, strict=True):
                 assert future.result(timeout=TIMEOUT * 3) == data, srv.stderr
-            for future in bad:
-                future.result(timeout=TIMEOUT)
+            for abuser in bad:
+                abuser.result(timeout=TIMEOUT)
         assert srv.process.poll() is None
         assert "Traceback" not in srv.stderr
 
