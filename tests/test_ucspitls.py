@@ -280,3 +280,68 @@ def test_bad_configuration_fails_before_prog_runs(
     assert proc.returncode == 100, err
     assert err.startswith(b"s6-ucspitlsc: fatal: ") and err.count(b"\n") == 1
     assert not marker.exists()
+
+
+MOVED_FDS_CLIENT = """
+import os, sys
+from trio_s6tls._ucspitls import UcspiTLS
+
+def line(fd):
+    data = b""
+    while not data.endswith(b"\\n"):  # byte by byte: nothing read beyond the reply
+        chunk = os.read(fd, 1)
+        if not chunk:
+            raise SystemExit("EOF")
+        data += chunk
+    return data
+
+network = int(sys.argv[1])
+assert line(network).startswith(b"220 ")
+os.write(network, b"STARTTLS\\r\\n")
+assert line(network).startswith(b"220 ")
+tls = UcspiTLS.from_environ()
+variables = tls.start_tls()
+os.write(tls.write_fd, b"XTLSINFO\\r\\nQUIT\\r\\n")
+replies = b""
+while not replies.endswith(b"221 2.0.0 Bye\\r\\n"):
+    replies += line(tls.read_fd)
+print(variables["SSL_PROTOCOL"], b"250 TLS on" in replies)
+"""
+
+
+def test_ucspitlsc_with_moved_network_fds(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    client_sock, server_sock = tcp_pair
+    server = spawn(
+        ["s6-ucspitlsd", "--", *SERVER_EXAMPLE],
+        {0: server_sock.fileno(), 1: server_sock.fileno()},
+        pki.env(),
+    )
+    client = spawn(
+        [
+            "s6-ucspitlsc",
+            "-k",
+            "localhost",
+            "-6",
+            "3",
+            "-7",
+            "3",
+            "--",
+            sys.executable,
+            "-c",
+            MOVED_FDS_CLIENT,
+            "3",
+        ],
+        {3: client_sock.fileno()},
+        pki.env(),
+        stdout=subprocess.PIPE,
+    )
+    client_sock.close()
+    server_sock.close()
+    with reaped(server, client):
+        out, err = finish(client)
+        finish(server)
+    assert client.returncode == 0, err
+    protocol, info_ok = out.decode().split()
+    assert protocol.startswith("TLSv1.") and info_ok == "True"
