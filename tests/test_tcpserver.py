@@ -234,3 +234,20 @@ def test_bad_input(pki: Pki, args: list[str], code: int, needle: str) -> None:
     assert result.returncode == code
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("s6-tcpserver: ") and needle in lines[0], lines
+
+
+@pytest.mark.parametrize("identity", [[], ["-g", "0"]], ids=["posix_spawn", "popen"])
+def test_prog_gets_default_signals(pki: Pki, identity: list[str]) -> None:
+    """SIGPIPE and SIGXFSZ are ignored in the server; prog gets them back at
+    their default, with no signal blocked (both spawn paths: the -g one goes
+    through Popen). glibc's posix_spawn leaves its two internal real-time
+    signals ignored, as it does for the C tools that use it."""
+    if identity and os.geteuid() != 0:
+        pytest.skip("-g needs root")
+    prog = ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]
+    with server(["s6-tcpserver", "-H", *identity, "127.0.0.1", "0", *prog], pki.env()) as srv:
+        lines = ask(srv.port).decode().split("\n")
+    assert lines[0] == "SigBlk:\t0000000000000000"
+    ignored = int(lines[1].split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1) | 1 << (signal.SIGXFSZ - 1))
+    assert ignored & ((1 << 31) - 1) == 0  # nothing below the real-time range

@@ -36,6 +36,7 @@ import contextlib
 import errno
 import os
 import shlex
+import shutil
 import signal
 import socket
 import ssl
@@ -44,7 +45,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -123,6 +124,73 @@ _TRANSIENT_ACCEPT_ERRORS = {
 _RESOURCE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
+class ChildProcess(Protocol):
+    """What the server needs from a running prog (``trio.Process`` has it)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def send_signal(self, signum: int) -> None: ...
+    def kill(self) -> None: ...
+    async def wait(self) -> int: ...
+
+
+# Dispositions Python changes (SIGPIPE, SIGXFSZ ignored) survive exec: prog
+# gets the defaults back. Caught signals are reset by exec itself.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+class SpawnedChild:
+    """A prog started by :func:`spawn_child`, waited for through a pidfd:
+    no thread, no SIGCHLD handler, and signals go to the right process even
+    if its pid has been recycled (``pidfd_send_signal``)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._pidfd = os.pidfd_open(pid)
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            signal.pidfd_send_signal(self._pidfd, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        if self.returncode is None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+            os.close(self._pidfd)
+        else:
+            await trio.lowlevel.checkpoint()
+        return self.returncode
+
+
+def spawn_child(argv: list[str], env: dict[str, str], *, stdin: int, stdout: int) -> SpawnedChild:
+    """``posix_spawn`` prog with ``stdin``/``stdout`` as its fds 0/1 (stderr
+    shared), default SIGPIPE and an empty signal mask. The executable is
+    searched in the PATH of prog's environment, as ``execvpe`` would.
+    Blocks only until the exec (glibc uses a vfork-style clone)."""
+    path = argv[0]
+    if "/" not in path:
+        found = shutil.which(path, path=env.get("PATH", os.defpath))
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        path = found
+    pid = os.posix_spawn(
+        path,
+        argv,
+        env,
+        file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1)],
+        setsigdef=_RESET_SIGNALS,
+        setsigmask=(),
+    )
+    return SpawnedChild(pid)
+
+
 class Refused(Exception):
     """The connection ends before prog, for the reason given (already logged)."""
 
@@ -138,7 +206,7 @@ class Server:
         self.on_finished = on_finished
         self.slots = trio.Semaphore(max(config.max_conn, 1))
         self.per_ip: Counter[str] = Counter()
-        self.processes: set[trio.Process] = set()
+        self.processes: set[ChildProcess] = set()
         # Signals for progs still being spawned (Popen runs in a thread:
         # prog may already run, and be seen by a client, before we know it).
         self.spawning: dict[object, list[int]] = {}
@@ -346,8 +414,17 @@ class Server:
 
     async def _spawn(
         self, argv: list[str], env: dict[str, str], *, stdin: int, stdout: int
-    ) -> trio.Process:
+    ) -> ChildProcess:
         config = self.config
+        if config.uid is None and config.gid is None and config.groups is None:
+            try:  # the fast path: no thread, no Python-level fork machinery
+                process: ChildProcess = spawn_child(argv, env, stdin=stdin, stdout=stdout)
+            except OSError as error:
+                message = f"unable to spawn {shlex.join(argv)}: {describe_os_error(error)}"
+                raise Fatal(EXIT_SYSTEM, message) from None
+            self.processes.add(process)
+            config.log.info(f"pid {process.pid} started", level=3)
+            return process
         pending: list[int] = []
         ticket = object()
         self.spawning[ticket] = pending
@@ -374,7 +451,7 @@ class Server:
         config.log.info(f"pid {process.pid} started", level=3)
         return process
 
-    async def _settle(self, process: trio.Process) -> None:
+    async def _settle(self, process: ChildProcess) -> None:
         """Make sure prog is reaped: on a normal end it already is; when we
         are cancelled it is killed first (unless children are abandoned)."""
         try:
