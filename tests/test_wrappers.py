@@ -456,10 +456,30 @@ def test_unexecutable_prog_is_a_clear_error(
     )
 
 
-def test_help_and_version_need_no_trio() -> None:
-    for name in ("s6-tlsc", "s6-tlsd"):
-        proc = subprocess.run([program(name), "--help"], capture_output=True, timeout=TIMEOUT)
-        assert proc.returncode == 0 and proc.stdout.startswith(b"usage: " + name.encode())
+LAZY_CHECK = """
+import contextlib, io, sys
+from trio_s6tls.programs import {module} as program
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    assert program.main(["--help"]) == 0 and out.getvalue().startswith("usage: ")
+    assert program.main(["--version"]) == 0
+with contextlib.redirect_stderr(io.StringIO()) as err:
+    assert program.main(["--bogus-option"]) == 100
+assert err.getvalue().count("\\n") == 1
+print("ssl" in sys.modules, "trio" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    "module", ["tlsc", "tlsd", "ucspitlsc", "ucspitlsd", "tlsclient", "tcpclient"]
+)
+def test_help_version_and_usage_import_neither_trio_nor_ssl(module: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", LAZY_CHECK.format(module=module)],
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"False False\n"
 
 
 # --- every TLS option passes through to the engine -------------------------

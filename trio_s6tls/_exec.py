@@ -21,6 +21,13 @@ s6-ucspitlsd, s6-tlsclient) all follow one shape:
    SIGXFSZ go back to SIG_DFL (Python ignores them, and an ignored signal
    stays ignored across exec), the signal mask is emptied, and the
    environment is the one :func:`program_environment` built.
+5. **Who reaps the engine.** If the handshake fails, the wrapper waits for
+   its engine child and exits with that child's code (prog never runs). If
+   it succeeds, the wrapper becomes prog and the engine stays prog's child,
+   as with the C tools: prog may reap it, and when prog exits first the
+   engine is re-parented to init (or the nearest subreaper), which reaps
+   it. The engine exits once neither direction can carry data, so it never
+   outlives the connection.
 """
 
 from __future__ import annotations
