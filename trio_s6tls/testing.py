@@ -340,14 +340,19 @@ async def open_ucspi_tls_server(
     listeners = await trio.open_tcp_listeners(0, host=host)
     port = listeners[0].socket.getsockname()[1]
     server = UcspiTLSServer(host, port, pki)
-    async with trio.open_nursery() as nursery:
-        try:
-            await nursery.start(
-                functools.partial(_server.serve, on_finished=server._record), listeners, config
-            )
-            yield server
-        finally:
-            nursery.cancel_scope.cancel()  # serve() kills and reaps the programs
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(
+                    functools.partial(_server.serve, on_finished=server._record), listeners, config
+                )
+                yield server
+            finally:
+                nursery.cancel_scope.cancel()  # serve() kills and reaps the programs
+    finally:
+        # serve() closes its listeners only when it stops accepting by itself.
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
 
 
 # -- the client side: a program run as s6-tlsclient would ------------------
@@ -502,4 +507,7 @@ async def run_ucspi_tls_client(
         if error is group:
             raise
         raise error from None
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
     return result
