@@ -672,3 +672,48 @@ def test_banner_before_handshake_quiet_and_identity(pki: Pki) -> None:
             assert ids == [b"65534", b"65534"]
         _garbage(srv.port)  # logged before the close, if it were logged at all
         assert srv.stderr == ""
+
+
+def test_sigterm_lets_open_connections_finish(pki: Pki) -> None:
+    """Our TLS tunnels live in the server process: SIGTERM stops accepting at
+    once, and the server exits when the last open connection has ended (the
+    C tool's per-connection processes would likewise outlive it)."""
+    with server(["s6-tlsserver", "-H", "127.0.0.1", "0", "cat"], pki.env()) as srv:
+        tls = tls_connect(srv.port, client_context(pki))
+        tls.sendall(b"before ")
+        assert tls.recv(10) == b"before "
+        srv.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: _refused(srv.port), "listener closed")
+        assert srv.process.poll() is None
+        tls.sendall(b"after")
+        half_close(tls)
+        assert read_all(tls) == b"after"
+        tls.close()
+        assert srv.process.wait(TIMEOUT) == 0
+
+
+def _refused(port: int) -> bool:
+    try:
+        connect(port).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_missing_prog_costs_one_connection(pki: Pki) -> None:
+    with server(["s6-tlsserver", "-H", "127.0.0.1", "0", "/nonexistent/prog"], pki.env()) as srv:
+        for _ in range(2):
+            assert exchange(srv.port, client_context(pki), b"x") == b""
+        assert srv.process.poll() is None
+        assert "unable to spawn /nonexistent/prog" in srv.stderr
+
+
+def test_ipv6_loopback(pki: Pki) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    with server(["s6-tlsserver", "-H", "::1", "0", *ENV_PROG], pki.env()) as srv:
+        raw = socket.create_connection(("::1", srv.port), timeout=TIMEOUT)
+        with client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls:
+            half_close(tls)
+            got = parse_env(read_all(tls))
+    assert got["TCPLOCALIP"] == "::1" and got["TCPREMOTEIP"] == "::1"

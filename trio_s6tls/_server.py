@@ -300,7 +300,20 @@ class Server:
         except Fatal as error:
             log.warn(f"connection from {ip} port {remote[1]}: {error.message}")
             record.engine_status = error.exit_code
+        except OSError as error:  # the client left during the banner, the PROXY header...
+            detail = describe_os_error(error)
+            log.info(f"connection from {ip} port {remote[1]}: {detail}", level=2)
+            record.refused = f"network error: {detail}"
+        except Exception as error:  # a bug must cost one connection, never the server
+            log.warn(f"connection from {ip} port {remote[1]}: internal error: {error!r}")
+            record.engine_status = EXIT_SYSTEM
         finally:
+            if record.prog_status is not None:
+                log.info(
+                    f"end ip {ip} port {remote[1]} status {record.prog_status}"
+                    f" engine {record.engine_status}",
+                    level=2,
+                )
             sock.close()
             self.per_ip[ip] -= 1
             if not self.per_ip[ip]:
@@ -423,7 +436,7 @@ class Server:
                 message = f"unable to spawn {shlex.join(argv)}: {describe_os_error(error)}"
                 raise Fatal(EXIT_SYSTEM, message) from None
             self.processes.add(process)
-            config.log.info(f"pid {process.pid} started", level=3)
+            config.log.info(f"pid {process.pid} started: {shlex.join(argv)}", level=2)
             return process
         pending: list[int] = []
         ticket = object()
@@ -448,7 +461,7 @@ class Server:
         for signum in pending:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signum)
-        config.log.info(f"pid {process.pid} started", level=3)
+        config.log.info(f"pid {process.pid} started: {shlex.join(argv)}", level=2)
         return process
 
     async def _settle(self, process: ChildProcess) -> None:
