@@ -33,7 +33,10 @@ def finish(
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
+        try:  # an engine child may still hold the pipes: bounded again
+            _, err = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            err = b"(pipes still held open by a descendant)"
         raise AssertionError(f"{proc.args!r} did not finish; stderr: {err!r}") from None
     return out or b"", err or b""
 
