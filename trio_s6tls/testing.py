@@ -457,12 +457,17 @@ async def run_ucspi_tls_client(
                 try:
                     await stream.start_tls()
                 except (HandshakeFailed, TimeoutError):
+                    await trio.aclose_forcefully(stream)
                     return  # the program reports it; its exit status tells the test
             await handler(stream)
             if stream.variables is not None:
                 result.connections.append(dict(stream.variables))
-        finally:
+        except BaseException:
+            await trio.aclose_forcefully(stream)  # the test failed: no polite close
+            raise
+        else:
             await stream.aclose()
+        finally:
             pending_handlers -= 1
             if pending_handlers == 0:
                 handlers_done.set()
