@@ -230,11 +230,24 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def memory_per_connection(port: int, pid: int, cafile: Path, count: int) -> tuple[float, float]:
+def own_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as file:
+        for line in file:
+            if line.startswith("Rss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def memory_per_connection(
+    port: int, pid: int, cafile: Path, count: int
+) -> tuple[float, float, float]:
+    """Per idle connection, in KiB: tree RSS, tree PSS, the server process's
+    own RSS (the part that does not depend on prog)."""
     context = ssl.create_default_context(cafile=str(cafile))
     settle = 0.5
     time.sleep(settle)  # let the server finish starting up (a measurement, not a synchronisation)
     rss0, pss0 = memory_kib(pid)
+    own0 = own_rss_kib(pid)
     held = []
     try:
         for _ in range(count):
@@ -246,10 +259,11 @@ def memory_per_connection(port: int, pid: int, cafile: Path, count: int) -> tupl
             time.sleep(0.05)  # every responder started
         time.sleep(settle)
         rss1, pss1 = memory_kib(pid)
+        own1 = own_rss_kib(pid)
     finally:
         for tls in held:
             tls.close()
-    return (rss1 - rss0) / count, (pss1 - pss0) / count
+    return (rss1 - rss0) / count, (pss1 - pss0) / count, (own1 - own0) / count
 
 
 def main() -> None:
@@ -290,16 +304,25 @@ def main() -> None:
 
         print(f"memory: {args.connections} idle connections, server-side process tree")
         with s6_tlsserver(pem, 1) as (port, pid):
-            our_rss, our_pss = memory_per_connection(port, pid, cafile, args.connections)
-        print(f"  s6-tlsserver: {our_rss:7.1f} KiB RSS, {our_pss:7.1f} KiB PSS per connection")
+            our_rss, our_pss, our_own = memory_per_connection(port, pid, cafile, args.connections)
+        print(
+            f"  s6-tlsserver: {our_rss:7.1f} KiB RSS, {our_pss:7.1f} KiB PSS per connection"
+            f" (server process alone: {our_own:6.1f} KiB RSS)"
+        )
         with stunnel(pem, directory) as (port, pid):
-            their_rss, their_pss = memory_per_connection(port, pid, cafile, args.connections)
-        print(f"  stunnel4:     {their_rss:7.1f} KiB RSS, {their_pss:7.1f} KiB PSS per connection")
+            their_rss, their_pss, their_own = memory_per_connection(
+                port, pid, cafile, args.connections
+            )
+        print(
+            f"  stunnel4:     {their_rss:7.1f} KiB RSS, {their_pss:7.1f} KiB PSS per connection"
+            f" (server process alone: {their_own:6.1f} KiB RSS)"
+        )
 
         print("ratios (s6-tlsserver / stunnel4):")
         print(f"  handshakes/s:            {ours / theirs:.2f}  (>= 1 is better)")
         print(f"  RSS per idle connection: {our_rss / their_rss:.2f}  (<= 1 is better)")
         print(f"  PSS per idle connection: {our_pss / their_pss:.2f}  (<= 1 is better)")
+        print(f"  server process alone:    {our_own / their_own:.2f}  (<= 1 is better)")
 
 
 if __name__ == "__main__":
