@@ -590,7 +590,7 @@ async def serve(
     ``await nursery.start(serve, ...)`` returns the :class:`Server`; the
     listeners are already accepting (the kernel queues clients) by then.
     ``on_finished`` is called once per ended connection, refused ones
-    included.
+    included. The listeners are closed when accepting stops, either way.
     """
     server = Server(config, on_finished)
     for listener in listeners:
@@ -599,14 +599,17 @@ async def serve(
     with server.cancel_scope:
         task_status.started(server)
         async with trio.open_nursery() as connections:
-            with server.accept_scope:
-                async with trio.open_nursery() as acceptors:
+            try:
+                with server.accept_scope:
+                    async with trio.open_nursery() as acceptors:
+                        for listener in listeners:
+                            acceptors.start_soon(server.accept_loop, listener, connections)
+            finally:
+                # Not accepting any more (stopped or cancelled): refuse
+                # newcomers rather than let them wait in the backlog.
+                with trio.CancelScope(shield=True):
                     for listener in listeners:
-                        acceptors.start_soon(server.accept_loop, listener, connections)
-            # Not accepting any more: refuse newcomers rather than queue them.
-            with trio.CancelScope(shield=True):
-                for listener in listeners:
-                    await listener.aclose()
+                        await listener.aclose()
 
 
 def bind(ip: str, port: int, backlog: int, *, reuse_port: bool = False) -> socket.socket:
