@@ -744,3 +744,28 @@ def test_prog_closing_only_its_input(
         _, server_err = finish(tlsd)
     assert tlsd.returncode == 0, server_err
     assert out.split()[0] == b"2000000", (out, client_err, server_err)
+
+
+def test_tlsc_started_with_stdin_and_stdout_closed(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    client, server = tcp_pair
+    tlsd = spawn(["s6-tlsd", *sh("head -n 1")], {0: server.fileno(), 1: server.fileno()}, pki.env())
+    server.close()
+    prog = "echo hi >&7; head -n 1 <&6 >&2"
+    tlsc = spawn(
+        [
+            "sh",
+            "-c",
+            'exec 0<&- 1>&- "$0" -k localhost -6 3 -7 3 sh -c "$1"',
+            program("s6-tlsc"),
+            prog,
+        ],
+        {3: client.fileno()},
+        pki.env(),
+    )
+    client.close()
+    with reaped(tlsc, tlsd):
+        _, err = finish(tlsc)
+        finish(tlsd)
+    assert tlsc.returncode == 0 and err == b"hi\n", err

@@ -49,12 +49,20 @@ if TYPE_CHECKING:
 _PARK_FLOOR = 64
 
 
+def flush_stdio() -> None:
+    """Flush Python's stdout/stderr buffers (either may be None when the
+    fd was closed at start-up, or broken: neither is our failure here)."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+
+
 def fork_child(child: Callable[[], int]) -> int:
     """Fork; in the child run ``child()`` and ``os._exit`` with its result
     (111 on any unexpected exception, after printing it). Returns the
     child's pid in the parent."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_stdio()
     try:
         pid = os.fork()
     except OSError as error:
@@ -71,8 +79,7 @@ def fork_child(child: Callable[[], int]) -> int:
             traceback.print_exc()
     finally:
         with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
+            flush_stdio()
         os._exit(code)
 
 
@@ -184,8 +191,7 @@ def exec_program(
     Raises :class:`Fatal` (111) with a one-line message if it cannot."""
     set_blocking(blocking_fds)
     reset_signals_for_exec()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_stdio()
     try:
         os.execvpe(argv[0], list(argv), dict(env))
     except OSError as error:
