@@ -378,3 +378,47 @@ def test_tlsclient_quiet_connects_silently(pki: Pki) -> None:
     )
     assert client.returncode == 0 and out == b"hi\n"
     assert err == b"", err
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ipv6_only_flag_and_ipv6_literal(pki: Pki, tmp_path: Path) -> None:
+    report = tmp_path / "env"
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as listener:
+        listener.settimeout(TIMEOUT)
+        port = listener.getsockname()[1]
+        client = spawn(
+            [
+                "s6-tlsclient",
+                "-6",
+                "-H",
+                "-k",
+                "localhost",
+                "::1",
+                str(port),
+                *sh('env > "$1"', str(report)),
+            ],
+            {},
+            pki.env(),
+        )
+        with reaped(client):
+            connection, _ = listener.accept()
+            with connection:
+                server = spawn(
+                    ["s6-tlsd", "true"], {0: connection.fileno(), 1: connection.fileno()}, pki.env()
+                )
+            with reaped(server):
+                _, err = finish(client)
+                finish(server)
+    assert client.returncode == 0, err
+    seen = parse_env(report.read_text())
+    assert seen["TCPREMOTEIP"] == "::1" and seen["TCPLOCALIP"] == "::1"
+    assert seen["SSL_TLS_SNI_SERVERNAME"] == "localhost"
