@@ -108,6 +108,7 @@ def test_declined_path_keeps_the_cleartext_session(
 CONTROL_SCRIPT = """
 import os, sys
 report = open(sys.argv[1], "w")
+report.write(f"pid={os.getpid()}\n")
 for name in ("SSLCTLFD", "SSLREADFD", "SSLWRITEFD"):
     fd = int(os.environ[name])
     os.fstat(fd)  # open in prog
@@ -145,6 +146,7 @@ def test_control_socket_commands(
         _, err = finish(server)
     assert server.returncode == 0, err
     seen = parse_env(report.read_text())
+    assert seen["pid"] == str(server.pid)  # prog was exec'd in place
     assert seen["child"] == str(code)
     assert all(seen[f"{name}-open"] == "yes" for name in ("SSLCTLFD", "SSLREADFD", "SSLWRITEFD"))
     assert ("CERTFILE" in seen) == keep and ("CAFILE" in seen) == keep
