@@ -717,3 +717,57 @@ def test_ipv6_loopback(pki: Pki) -> None:
             half_close(tls)
             got = parse_env(read_all(tls))
     assert got["TCPLOCALIP"] == "::1" and got["TCPREMOTEIP"] == "::1"
+
+
+# -- the library under the programs ---------------------------------------------
+
+
+async def test_serve_reports_each_connection(pki: Pki) -> None:
+    """serve() in process: a ConnectionRecord per ended connection, refused
+    and failed ones included; stop_accepting() returns once all have ended."""
+    import functools
+
+    import trio
+
+    from trio_s6tls._server import ConnectionRecord, ServerConfig, bind, listener_from, serve
+    from trio_s6tls._tlsconfig import TLSOptions, server_context
+
+    records: list[ConnectionRecord] = []
+    options = TLSOptions(verbosity=0, handshake_timeout_ms=2000)
+    config = ServerConfig(
+        argv=["sh", "-c", "cat; exit 3"],
+        context=server_context(pki.env(), options),
+        tls_options=options,
+        base_env=pki.env(),
+        max_per_ip=1,
+        remote_lookup=False,
+    )
+    config.log.verbosity = 0
+    sock = bind("127.0.0.1", 0, 16)
+    port = sock.getsockname()[1]
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                functools.partial(serve, on_finished=records.append), [listener_from(sock)], config
+            )
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            tls = trio.SSLStream(stream, client_context(pki), server_hostname="localhost")
+            await tls.send_all(b"hello")
+            assert await tls.receive_some(5) == b"hello"
+            extra = await trio.open_tcp_stream("127.0.0.1", port)  # over -C 1
+            assert await extra.receive_some(10) == b""
+            await extra.aclose()
+            await tls.aclose()  # close_notify: cat sees EOF, exits 3
+            garbage = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+            await garbage.send_all(b"not TLS at all\r\n\r\n")
+            with contextlib.suppress(trio.BrokenResourceError):  # reset: our bytes unread
+                while await garbage.receive_some(100):
+                    pass
+            await garbage.aclose()
+            server.stop_accepting()
+    assert server.active == 0
+    by_outcome = sorted(records, key=lambda r: (r.refused or "", r.engine_status))
+    ok, failed, refused = by_outcome
+    assert refused.refused == "per-ip limit" and refused.env == {}
+    assert ok.prog_status == 3 and ok.engine_status == 0 and ok.env["SSL_PROTOCOL"] == "TLSv1.3"
+    assert failed.engine_status == 98 and failed.prog_status is None and failed.env == {}
