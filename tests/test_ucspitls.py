@@ -108,7 +108,7 @@ def test_declined_path_keeps_the_cleartext_session(
 CONTROL_SCRIPT = """
 import os, sys
 report = open(sys.argv[1], "w")
-report.write(f"pid={os.getpid()}\n")
+report.write(f"pid={os.getpid()}\\n")
 for name in ("SSLCTLFD", "SSLREADFD", "SSLWRITEFD"):
     fd = int(os.environ[name])
     os.fstat(fd)  # open in prog
