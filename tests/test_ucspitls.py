@@ -123,7 +123,11 @@ report.write("".join(f"{k}={v}\\n" for k, v in os.environ.items()))
 """
 
 
-@pytest.mark.parametrize(("command", "code"), [("", 0), ("x", 100)], ids=["EOF", "unknown"])
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [("", 0), ("x", 100), ("y", 98)],
+    ids=["EOF", "unknown", "y-then-silent-peer"],  # -K 300: the handshake times out
+)
 @pytest.mark.parametrize("keep", [False, True], ids=["z", "Z"])
 def test_control_socket_commands(
     pki: Pki,
@@ -135,7 +139,7 @@ def test_control_socket_commands(
 ) -> None:
     _, connection = tcp_pair
     report = tmp_path / "report"
-    flags = ["-Z"] if keep else []
+    flags = ["-Z", "-K", "300"] if keep else ["-K", "300"]
     server = spawn(
         ["s6-ucspitlsd", *flags, "--", sys.executable, "-c", CONTROL_SCRIPT, str(report), command],
         {0: connection.fileno(), 1: connection.fileno()},
@@ -152,6 +156,8 @@ def test_control_socket_commands(
     assert ("CERTFILE" in seen) == keep and ("CAFILE" in seen) == keep
     if code == 100:
         assert err == b"s6-ucspitlsd: fatal: unrecognized command on control socket\n"
+    elif code == 98:
+        assert err.startswith(b"s6-ucspitlsd: fatal: handshake timed out"), err
     else:
         assert err == b""
 

@@ -215,10 +215,10 @@ def test_client_certificate_seen_by_server_prog(
 ) -> None:
     client_env = pki.env(CERTFILE=str(pki.client_pem), KEYFILE=str(pki.client_pem))
     server_prog = sh('env > "$1"', str(tmp_path / "server.env"))
-    client_prog = sh("cat <&6; env | grep '^SSL_'")
+    client_prog = sh("cat <&6; env | grep -E '^(SSL_|CERTFILE=)'")
     tlsc, tlsd = start_pair(
         pki, tcp_pair, client_prog, server_prog,
-        client_flags=("-y", "-k", "localhost"), server_flags=("-y",), client_env=client_env,
+        client_flags=("-y", "-Z", "-k", "localhost"), server_flags=("-y",), client_env=client_env,
     )  # fmt: skip
     with reaped(tlsc, tlsd):
         out, client_err = finish(tlsc)
@@ -231,6 +231,7 @@ def test_client_certificate_seen_by_server_prog(
     assert subject.startswith("O=Clients\\, Inc., OU="), subject
     assert subject.endswith(", CN=test client"), subject
     client_seen = parse_env(out.decode())
+    assert client_seen["CERTFILE"] == str(pki.client_pem)  # -Z
     assert client_seen["SSL_TLS_SNI_SERVERNAME"] == "localhost"
     server_hash = "SHA256:" + hashlib.sha256(first_certificate_der(pki.server_pem)).hexdigest()
     assert client_seen["SSL_PEER_CERT_HASH"] == server_hash
