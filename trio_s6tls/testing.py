@@ -426,7 +426,7 @@ async def run_ucspi_tls_client(
     connection's server side. An exception in a handler kills the program
     and is raised here. The program is killed after ``timeout`` seconds
     (then :class:`TimeoutError`); handlers still running
-    :data:`STOP_TIMEOUT` seconds after it exited are cancelled and
+    ``STOP_TIMEOUT`` (5) seconds after it exited are cancelled and
     :class:`TimeoutError` is raised.
     """
     context = peer_server_context(
