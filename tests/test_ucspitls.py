@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trustme
 from _wrapper_util import EXAMPLES, TIMEOUT, finish, parse_env, reaped, receive_all, tls_client
-from conftest import Pki, spawn
+from conftest import Pki, program, spawn
 
 SERVER_EXAMPLE = [sys.executable, str(EXAMPLES / "smtp_starttls_server.py")]
 CLIENT_EXAMPLE = [sys.executable, str(EXAMPLES / "smtp_starttls_client.py")]
@@ -353,3 +353,27 @@ def test_ucspitlsc_with_moved_network_fds(
     assert client.returncode == 0, err
     protocol, info_ok = out.decode().split()
     assert protocol.startswith("TLSv1.") and info_ok == "True"
+
+
+def test_ucspitlsc_started_with_stdin_and_stdout_closed(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    client_sock, server_sock = tcp_pair
+    server = spawn(
+        ["s6-ucspitlsd", "--", *SERVER_EXAMPLE],
+        {0: server_sock.fileno(), 1: server_sock.fileno()},
+        pki.env(),
+    )
+    client = spawn(
+        ["sh", "-c", 'exec 0<&- 1>&- "$0" -k localhost -- "$@"', program("s6-ucspitlsc"),
+         sys.executable, "-c", MOVED_FDS_CLIENT + "\nprint('done', file=sys.stderr)\n", "6"],
+        {6: client_sock.fileno(), 7: client_sock.fileno()},
+        pki.env(),
+    )  # fmt: skip
+    client_sock.close()
+    server_sock.close()
+    with reaped(server, client):
+        _, err = finish(client)
+        finish(server)
+    assert client.returncode == 0, err
+    assert err.endswith(b"done\n"), err

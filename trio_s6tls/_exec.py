@@ -36,6 +36,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -97,16 +98,30 @@ def wait_exit_code(pid: int) -> int:
     return os.WEXITSTATUS(status)
 
 
-def high_pipe() -> tuple[int, int]:
-    """A close-on-exec pipe whose ends sit above every fd number an
-    interface names, so that placing prog's fds cannot overwrite them."""
-    ends = os.pipe()
+def lift_fd(fd: int) -> int:
+    """Move ``fd`` above every fd number an interface names (close-on-exec),
+    so that placing prog's fds, or pointing 0/1 at /dev/null, cannot
+    overwrite it — even when we were started with 0 or 1 closed."""
     try:
-        return fcntl.fcntl(ends[0], fcntl.F_DUPFD_CLOEXEC, _PARK_FLOOR), fcntl.fcntl(
-            ends[1], fcntl.F_DUPFD_CLOEXEC, _PARK_FLOOR
-        )
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _PARK_FLOOR)
     finally:
-        close_fds(ends)
+        os.close(fd)
+
+
+def high_pipe() -> tuple[int, int]:
+    """A close-on-exec pipe whose ends are lifted (:func:`lift_fd`)."""
+    read_end, write_end = os.pipe()
+    return lift_fd(read_end), lift_fd(write_end)
+
+
+def high_socketpair() -> tuple[socket.socket, socket.socket]:
+    """A Unix stream socketpair whose ends are lifted (:func:`lift_fd`)."""
+
+    def lifted(end: socket.socket) -> socket.socket:
+        return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=lift_fd(end.detach()))
+
+    first, second = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return lifted(first), lifted(second)
 
 
 def install_fds(placement: Mapping[int, int]) -> None:

@@ -41,6 +41,8 @@ from ._exec import (
     close_fds,
     exec_program,
     fork_child,
+    high_pipe,
+    high_socketpair,
     null_fds,
     program_environment,
     run_engine_child,
@@ -127,9 +129,9 @@ def ucspitls_then_exec(
     prog at once. Returns only by raising :class:`Fatal`."""
     check_open(network)
     _check_configuration(options, server_side=server_side)
-    to_prog_read, to_prog_write = os.pipe()  # engine → prog (cleartext)
-    from_prog_read, from_prog_write = os.pipe()  # prog → engine (cleartext)
-    control_prog, control_engine = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    to_prog_read, to_prog_write = high_pipe()  # engine → prog (cleartext)
+    from_prog_read, from_prog_write = high_pipe()  # prog → engine (cleartext)
+    control_prog, control_engine = high_socketpair()
     own_stdio = [fd for fd in (0, 1) if fd not in network]
 
     def engine() -> int:
