@@ -121,6 +121,35 @@ async def test_ragged_cut_fails_an_enforcing_server(ucspi_tls_server):
     assert record.engine_status == 98
 
 
+async def test_ipv6_server_and_key_log(ucspi_tls_server, tmp_path):
+    keylog = tmp_path / "keys.log"
+    server = await ucspi_tls_server(["sh", "-c", 'echo "$TCPREMOTEIP"'], host="::1")
+    async with server.connect(keylog_file=keylog) as stream:
+        assert await read_line(stream) == b"::1\\n"
+    assert "CLIENT_TRAFFIC_SECRET_0" in keylog.read_text()
+
+
+async def test_bad_server_options_are_a_value_error(ucspi_tls_server):
+    with pytest.raises(ValueError, match="--no-such-option"):
+        await ucspi_tls_server(["true"], ["--no-such-option"])
+
+
+async def test_client_program_with_a_client_certificate(ucspi_tls_client, tls_pki):
+    seen = []
+
+    async def handler(stream):
+        seen.append(stream.variables["SSL_PEER_CERT_SUBJECT"])
+        await stream.send_all(b"ok\\n")
+
+    result = await ucspi_tls_client(
+        ["sh", "-c", "head -n 1 <&6"], handler, ["-y"], tls_pki.client_cert_env,
+        request_client_cert=2,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"ok\\n"
+    assert "CN=trio_s6tls test client" in seen[0]
+
+
 async def test_client_program(ucspi_tls_client):
     async def handler(stream):
         await stream.send_all(b"ping\\n")
@@ -223,7 +252,7 @@ def project(pytester: pytest.Pytester, tests: str) -> Path:
 def test_fixtures_in_a_user_project(pytester: pytest.Pytester) -> None:
     project(pytester, PASSING)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=9)
+    result.assert_outcomes(passed=12)
 
 
 def test_failing_tests_still_clean_up(pytester: pytest.Pytester) -> None:

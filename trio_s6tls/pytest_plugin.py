@@ -71,9 +71,12 @@ def tls_client_env(tls_pki: LoopbackPKI) -> dict[str, str]:
 @pytest.fixture
 async def ucspi_tls_server(tls_pki: LoopbackPKI) -> AsyncIterator[ServerFactory]:
     """Async factory: ``await ucspi_tls_server(argv, tls_options=(),
-    env=None, *, starttls=False)`` serves ``argv`` as s6-tlsserver would
-    and returns a :class:`~trio_s6tls.testing.UcspiTLSServer`. Every server
-    is stopped and its programs reaped when the test ends, pass or fail."""
+    env=None, *, starttls=False, host="127.0.0.1")`` serves ``argv`` as
+    s6-tlsserver would and returns a
+    :class:`~trio_s6tls.testing.UcspiTLSServer` (see
+    :func:`~trio_s6tls.testing.open_ucspi_tls_server`; ``host="::1"`` for
+    IPv6). Every server is stopped and its programs reaped when the test
+    ends, pass or fail."""
     import trio
 
     from trio_s6tls.testing import open_ucspi_tls_server
@@ -83,11 +86,12 @@ async def ucspi_tls_server(tls_pki: LoopbackPKI) -> AsyncIterator[ServerFactory]
         tls_options: Sequence[str],
         env: Mapping[str, str] | None,
         starttls: bool,
+        host: str,
         *,
         task_status: trio.TaskStatus[UcspiTLSServer] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with open_ucspi_tls_server(
-            argv, tls_pki, tls_options, env, starttls=starttls
+            argv, tls_pki, tls_options, env, starttls=starttls, host=host
         ) as server:
             task_status.started(server)
             await trio.sleep_forever()
@@ -100,9 +104,10 @@ async def ucspi_tls_server(tls_pki: LoopbackPKI) -> AsyncIterator[ServerFactory]
             env: Mapping[str, str] | None = None,
             *,
             starttls: bool = False,
+            host: str = "127.0.0.1",
         ) -> UcspiTLSServer:
             server: UcspiTLSServer = await nursery.start(
-                keep_serving, argv, tls_options, env, starttls
+                keep_serving, argv, tls_options, env, starttls, host
             )
             return server
 

@@ -263,8 +263,11 @@ class UcspiTLSServer:
         )
 
 
-def _server_options(tls_options: Sequence[str]) -> tuple[TLSOptions, dict[str, object]]:
-    """Parse s6-tlsserver's TLS (and a few TCP) options."""
+def _server_options(
+    tls_options: Sequence[str], *, tcp: bool = True
+) -> tuple[TLSOptions, dict[str, object]]:
+    """Parse s6-tlsserver's TLS options (and, with ``tcp``, ``-H``/``-h``,
+    ``-D``/``-d``, ``-l NAME``); ValueError for anything else."""
     from ._cli import Opt, parse_options
     from .programs import _options
 
@@ -275,7 +278,11 @@ def _server_options(tls_options: Sequence[str]) -> tuple[TLSOptions, dict[str, o
         Opt("d", None, "nodelay", False),
         Opt("l", None, "local_name", parse=str),
     ]
-    parsed = parse_options(list(tls_options), _options.SERVER_TLS + _options.KEEP_ENV + extra)
+    table = _options.SERVER_TLS + _options.KEEP_ENV + (extra if tcp else [])
+    try:
+        parsed = parse_options(list(tls_options), table)
+    except Fatal as error:
+        raise ValueError(f"tls_options {list(tls_options)!r}: {error.message}") from None
     if parsed.operands:
         raise ValueError(f"not an option: {parsed.operands[0]!r}")
     options = TLSOptions(**_options.tls_option_values(parsed.values))
@@ -302,12 +309,14 @@ async def open_ucspi_tls_server(
     the TLS tunnel and the UCSPI and ``SSL_*`` variables.
 
     ``tls_options`` are s6-tlsserver's TLS options (``-J``, ``-S``, ``-y``,
-    ``-K 500``, ``--alpn h2``, …, also ``-Z``, ``-H``, ``-D``). ``env`` is
+    ``-K 500``, ``--alpn h2``, …, also ``-Z``, ``-H``, ``-D``, ``-l NAME``);
+    anything else is a :class:`ValueError`. ``env`` is
     added to the program's environment (over ``os.environ`` and the PKI's
     ``KEYFILE``/``CERTFILE``, which the program does not see unless ``-Z``).
 
     With ``starttls`` the server is plain TCP, as ``s6-tcpserver host 0
-    s6-ucspitlsd [tls_options] argv...`` would run it: connect with
+    s6-ucspitlsd [tls_options] argv...`` would run it (``tls_options`` are
+    then s6-ucspitlsd's, TLS options only): connect with
     ``connect(starttls=True)`` and call ``start_tls()`` when the protocol
     says so.
 
@@ -317,7 +326,8 @@ async def open_ucspi_tls_server(
     from . import _server
     from ._log import Log
 
-    options, tcp = _server_options(tls_options)
+    # With STARTTLS the options go to s6-ucspitlsd, which takes TLS ones only.
+    options, tcp = _server_options(tls_options, tcp=not starttls)
     base_env = base_environment({**pki.server_env, **pki.client_env, **(env or {})})
     if starttls:
         prog = [find_program("s6-ucspitlsd"), *tls_options, "--", *_resolve(argv)]
@@ -350,7 +360,7 @@ async def open_ucspi_tls_server(
             finally:
                 nursery.cancel_scope.cancel()  # serve() kills and reaps the programs
     finally:
-        # serve() closes its listeners only when it stops accepting by itself.
+        # serve() closes them too, but not if it failed before starting.
         for listener in listeners:
             await trio.aclose_forcefully(listener)
 
