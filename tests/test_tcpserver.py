@@ -31,10 +31,15 @@ ENV_PROG = ["sh", "-c", "env; exec cat >/dev/null"]
 
 
 def ask(port: int, data: bytes = b"", source: str | None = None) -> bytes:
+    """Send ``data``, half-close, read to EOF. A server that refuses us may
+    have closed (even reset) the connection before we are done sending."""
     with connect(port, source) as sock:
-        if data:
-            sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        try:
+            if data:
+                sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass
         return read_all(sock)
 
 
