@@ -422,3 +422,14 @@ def test_ipv6_only_flag_and_ipv6_literal(pki: Pki, tmp_path: Path) -> None:
     seen = parse_env(report.read_text())
     assert seen["TCPREMOTEIP"] == "::1" and seen["TCPLOCALIP"] == "::1"
     assert seen["SSL_TLS_SNI_SERVERNAME"] == "localhost"
+
+
+def test_timeout_parsing() -> None:
+    from trio_s6tls._tcpclient import parse_rounds, parse_seconds
+
+    assert parse_rounds("2+58") == (2.0, 58.0)
+    assert parse_rounds("0.5") == (0.5, 0.0)
+    assert parse_seconds("1.5") == 1.5
+    for bad in ("-1", "x", "nan", "inf", ""):
+        with pytest.raises(ValueError):
+            parse_seconds(bad)

@@ -10,6 +10,7 @@ child did not outlive the session.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -770,3 +771,50 @@ def test_tlsc_started_with_stdin_and_stdout_closed(
         _, err = finish(tlsc)
         finish(tlsd)
     assert tlsc.returncode == 0 and err == b"hi\n", err
+
+
+# --- sans-IO and in-process units of _exec ---------------------------------
+
+
+def test_program_environment_cleans_and_applies() -> None:
+    from trio_s6tls._exec import program_environment
+
+    base = {
+        "CAFILE": "a",
+        "KEYFILE:x.example": "k",
+        "TLS_UID": "1",
+        "PROTO": "TCP",
+        "SSL_CIPHER": "old",
+        "KEEP": "1",
+    }
+    updates = {"SSL_CIPHER": "new", "SSL_PEER_CERT_HASH": None, "KEEP": None}
+    assert program_environment(base, keep_tls=False, updates=updates) == {
+        "PROTO": "TCP",
+        "SSL_CIPHER": "new",
+    }
+    kept = program_environment(base, keep_tls=True)
+    assert kept == base and kept is not base
+
+
+def test_install_fds_swaps_without_clobbering() -> None:
+    from trio_s6tls._exec import install_fds
+
+    first_read, first_write = os.pipe()
+    second_read, second_write = os.pipe()
+    # Targets 200/201 get the read ends crossed: a swap through parking.
+    install_fds({200: first_read, 201: second_read})
+    try:
+        os.write(first_write, b"1")
+        os.write(second_write, b"2")
+        assert os.read(200, 1) == b"1" and os.read(201, 1) == b"2"
+        assert os.get_inheritable(200) and os.get_inheritable(201)
+        for gone in (first_read, second_read):
+            with pytest.raises(OSError):
+                os.fstat(gone)
+        install_fds({200: 201, 201: 200})  # a real swap of two targets
+        os.write(first_write, b"3")
+        assert os.read(201, 1) == b"3"
+    finally:
+        for fd in (200, 201, first_write, second_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
