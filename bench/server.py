@@ -275,7 +275,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--install", action="store_true", help="apt-get install stunnel4 if missing"
+    )
     args = parser.parse_args()
+    if not (shutil.which("stunnel4") or shutil.which("stunnel")):
+        if not args.install:
+            sys.exit("bench/server.py: stunnel4 not found (--install to apt-get install it)")
+        subprocess.run(["apt-get", "install", "-y", "stunnel4"], check=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ def test_socket_is_stdin_stdout_and_environment(pki: Pki) -> None:
 
 def test_banner_nodelay_paranoid(pki: Pki) -> None:
     prog = [
-        "python3",
+        sys.executable,
         "-c",
         "import os, socket; s = socket.socket(fileno=0);"
         "print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,"
