@@ -62,7 +62,7 @@ TCP_SERVER_HELP = """\
                                 one more is accepted and closed at once
   -b, --backlog N               listen backlog
   -u UID, -g GID, -G GID,GID... identity prog runs as; -U takes them from UID, GID, GIDLIST
-  -W / -w                       log failed name lookups (default) / do not
+  -W / -w                       log failed name lookups at -v (default) / never
   -d / -D                       keep Nagle's algorithm (default) / set TCP_NODELAY
   -R / -r                       no IDENT lookup (default) / IDENT (unsupported)
   -P / -p                       trust reverse names (default) / require them to resolve back

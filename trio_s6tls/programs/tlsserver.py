@@ -55,7 +55,9 @@ PROGRAM = Program(
     + _options.ENV_HELP_SERVER
     + "\n"
     + tcpserver.SIGNAL_HELP
-    + "SIGUSR1 reloads CERTFILE/KEYFILE (and the :NAME pairs) for new connections.\n\n"
+    + "The TLS tunnels live in this process: after SIGTERM it exits once the open\n"
+    + "connections have ended. SIGUSR1 reloads CERTFILE/KEYFILE (and the :NAME\n"
+    + "pairs) for new connections; open ones keep theirs.\n\n"
     + _options.EXIT_HELP,
 )
 
