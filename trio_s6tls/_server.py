@@ -20,14 +20,19 @@ Theory of operation (DESIGN.md, "Process model"):
    starts.
 5. **prog** runs with stdin/stdout on two pipes whose other ends form the
    local side of :func:`~trio_s6tls._engine.tunnel`. Without TLS the socket
-   itself is prog's fds 0 and 1 (back in blocking mode). ``Popen`` resets
-   SIGPIPE to the default in prog (``restore_signals``) and our signal mask
-   is never changed, so prog starts with an empty one.
-6. **Every prog is reaped** (``open_process`` does not do it for us); if the
-   server itself is cancelled, remaining progs are killed, then reaped.
+   itself is prog's fds 0 and 1 (back in blocking mode). prog is started
+   with ``posix_spawn`` (a vfork-style clone: it blocks the loop only until
+   the exec), SIGPIPE and SIGXFSZ back at their defaults and an empty signal
+   mask; only a change of identity (``-u``/``-g``/``-G``) takes the slower
+   ``Popen`` path, in a thread.
+6. **Every prog is reaped** (through a pidfd, or ``trio.Process.wait``);
+   if the server itself is cancelled, remaining progs are killed, then
+   reaped. Signals meant for every prog (SIGHUP...) also reach the ones
+   still being spawned.
 
 Nothing in one connection waits on another: each runs in its own task, and
-blocking work (``Popen``, name lookups) runs in threads.
+blocking work (name lookups, ``Popen``) runs in threads. An unexpected
+error costs its own connection only.
 """
 
 from __future__ import annotations
@@ -71,7 +76,8 @@ class ConnectionRecord:
 
     env: dict[str, str]  # what prog was given ({} if prog never ran)
     prog_status: int | None  # prog's returncode (-N: killed by signal N), None if never run
-    engine_status: int  # 0, or the TLS engine's exit code (98: handshake failure...)
+    engine_status: int  # 0, or the TLS engine's exit code (98: handshake failure...);
+    # 111 when prog could not be spawned
     remote: tuple[str, int]  # the peer as accepted (before any PROXY header)
     refused: str | None = None  # why the connection was closed before prog, if it was
 
