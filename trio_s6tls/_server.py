@@ -155,7 +155,12 @@ class SpawnedChild:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
-        self._pidfd = os.pidfd_open(pid)
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:  # out of fds: do not leave an unwatched child behind
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
 
     def send_signal(self, signum: int) -> None:
         if self.returncode is None:
@@ -435,7 +440,8 @@ class Server:
         self, argv: list[str], env: dict[str, str], *, stdin: int, stdout: int
     ) -> ChildProcess:
         config = self.config
-        if config.uid is None and config.gid is None and config.groups is None:
+        same_identity = config.uid is None and config.gid is None and config.groups is None
+        if same_identity and hasattr(os, "pidfd_open"):
             try:  # the fast path: no thread, no Python-level fork machinery
                 process: ChildProcess = spawn_child(argv, env, stdin=stdin, stdout=stdout)
             except OSError as error:
