@@ -21,17 +21,17 @@ Theory of operation (DESIGN.md, "Process model"):
 5. **prog** runs with stdin/stdout on two pipes whose other ends form the
    local side of :func:`~trio_s6tls._engine.tunnel`. Without TLS the socket
    itself is prog's fds 0 and 1 (back in blocking mode). prog is started
-   with ``posix_spawn`` (a vfork-style clone: it blocks the loop only until
-   the exec), SIGPIPE and SIGXFSZ back at their defaults and an empty signal
-   mask; only a change of identity (``-u``/``-g``/``-G``) takes the slower
-   ``Popen`` path, in a thread.
+   with ``posix_spawn`` in a worker thread (a vfork-style clone suspends
+   its caller until the exec: not the loop), SIGPIPE and SIGXFSZ back at
+   their defaults and an empty signal mask; only a change of identity
+   (``-u``/``-g``/``-G``) takes the slower ``Popen`` path.
 6. **Every prog is reaped** (through a pidfd, or ``trio.Process.wait``);
    if the server itself is cancelled, remaining progs are killed, then
    reaped. Signals meant for every prog (SIGHUP...) also reach the ones
    still being spawned.
 
 Nothing in one connection waits on another: each runs in its own task, and
-blocking work (name lookups, ``Popen``) runs in threads. An unexpected
+blocking work (name lookups, spawning) runs in threads. An unexpected
 error costs its own connection only.
 """
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shlex
 import shutil
@@ -439,31 +440,32 @@ class Server:
     async def _spawn(
         self, argv: list[str], env: dict[str, str], *, stdin: int, stdout: int
     ) -> ChildProcess:
+        """Start prog in a thread, so that the loop never waits for an exec.
+        prog may run (and talk to its client) before we know its pid:
+        signals for every prog that arrive meanwhile are kept for it."""
         config = self.config
-        same_identity = config.uid is None and config.gid is None and config.groups is None
-        if same_identity and hasattr(os, "pidfd_open"):
-            try:  # the fast path: no thread, no Python-level fork machinery
-                process: ChildProcess = spawn_child(argv, env, stdin=stdin, stdout=stdout)
-            except OSError as error:
-                message = f"unable to spawn {shlex.join(argv)}: {describe_os_error(error)}"
-                raise Fatal(EXIT_SYSTEM, message) from None
-            self.processes.add(process)
-            config.log.info(f"pid {process.pid} started: {shlex.join(argv)}", level=2)
-            return process
         pending: list[int] = []
         ticket = object()
         self.spawning[ticket] = pending
         try:
-            process = await trio.lowlevel.open_process(
-                argv,
-                stdin=stdin,
-                stdout=stdout,
-                env=env,
-                user=config.uid,
-                group=config.gid,
-                extra_groups=config.groups,
-                restore_signals=True,  # SIGPIPE back to the default in prog
-            )
+            process: ChildProcess
+            same_identity = config.uid is None and config.gid is None and config.groups is None
+            if same_identity and hasattr(os, "pidfd_open"):
+                # posix_spawn: a vfork-style clone, no Python in the child
+                process = await trio.to_thread.run_sync(
+                    functools.partial(spawn_child, argv, env, stdin=stdin, stdout=stdout)
+                )
+            else:
+                process = await trio.lowlevel.open_process(
+                    argv,
+                    stdin=stdin,
+                    stdout=stdout,
+                    env=env,
+                    user=config.uid,
+                    group=config.gid,
+                    extra_groups=config.groups,
+                    restore_signals=True,  # SIGPIPE back to the default in prog
+                )
         except (OSError, subprocess.SubprocessError) as error:
             detail = describe_os_error(error) if isinstance(error, OSError) else str(error)
             raise Fatal(EXIT_SYSTEM, f"unable to spawn {shlex.join(argv)}: {detail}") from None
