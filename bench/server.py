@@ -62,8 +62,10 @@ def wait_listening(port: int) -> None:
 
 
 @contextmanager
-def s6_tlsserver(pem: Path, workers: int) -> Iterator[tuple[int, int]]:
-    program = shutil.which("s6-tlsserver") or str(Path(sys.executable).parent / "s6-tlsserver")
+def s6_tlsserver(pem: Path, workers: int, program: str | None = None) -> Iterator[tuple[int, int]]:
+    program = (
+        program or shutil.which("s6-tlsserver") or str(Path(sys.executable).parent / "s6-tlsserver")
+    )
     env = {**os.environ, "CERTFILE": str(pem), "KEYFILE": str(pem)}
     process = subprocess.Popen(
         [
@@ -278,6 +280,7 @@ def main() -> None:
     parser.add_argument(
         "--install", action="store_true", help="apt-get install stunnel4 if missing"
     )
+    parser.add_argument("--program", help="the s6-tlsserver to measure (default: from PATH)")
     args = parser.parse_args()
     if not (shutil.which("stunnel4") or shutil.which("stunnel")):
         if not args.install:
@@ -298,7 +301,7 @@ def main() -> None:
             f"handshakes: {args.clients} client processes x {args.threads} threads, {args.seconds:g} s, "
             f"responder {' '.join(RESPONDER)}; s6-tlsserver --workers {args.workers}"
         )
-        with s6_tlsserver(pem, args.workers) as (port, _):
+        with s6_tlsserver(pem, args.workers, args.program) as (port, _):
             ours, our_errors = handshake_rate(
                 port, cafile, args.seconds, args.clients, args.threads
             )
@@ -310,7 +313,7 @@ def main() -> None:
         print(f"  stunnel4:     {theirs:8.1f} handshakes/s ({their_errors} errors)")
 
         print(f"memory: {args.connections} idle connections, server-side process tree")
-        with s6_tlsserver(pem, 1) as (port, pid):
+        with s6_tlsserver(pem, 1, args.program) as (port, pid):
             our_rss, our_pss, our_own = memory_per_connection(port, pid, cafile, args.connections)
         print(
             f"  s6-tlsserver: {our_rss:7.1f} KiB RSS, {our_pss:7.1f} KiB PSS per connection"
