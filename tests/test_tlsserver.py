@@ -771,3 +771,47 @@ async def test_serve_reports_each_connection(pki: Pki) -> None:
     assert refused.refused == "per-ip limit" and refused.env == {}
     assert ok.prog_status == 3 and ok.engine_status == 0 and ok.env["SSL_PROTOCOL"] == "TLSv1.3"
     assert failed.engine_status == 98 and failed.prog_status is None and failed.env == {}
+
+
+# -- our own clients ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chain", [False, True], ids=["s6-tlsclient", "s6-tcpclient+s6-tlsc"])
+def test_our_clients_against_us(pki: Pki, chain: bool) -> None:
+    """Echo through s6-tlsclient (or s6-tcpclient ... s6-tlsc), both
+    environments as SPEC.md lists them."""
+    server_prog = ["sh", "-c", 'env > "$OUT"; exec cat']
+    client_prog = ["sh", "-c", "echo ping >&7; exec 7>&-; cat <&6; env"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "server-env"
+        env = pki.env(OUT=str(out))
+        with server(["s6-tlsserver", "-H", "127.0.0.1", "0", *server_prog], env) as srv:
+            if chain:
+                argv = [program("s6-tcpclient"), "-H", "127.0.0.1", str(srv.port)]
+                argv += [program("s6-tlsc"), "-k", "localhost", *client_prog]
+            else:
+                argv = [
+                    program("s6-tlsclient"),
+                    "-H",
+                    "-k",
+                    "localhost",
+                    "127.0.0.1",
+                    str(srv.port),
+                ]
+                argv += client_prog
+            result = subprocess.run(argv, env=env, capture_output=True, timeout=TIMEOUT)
+            assert result.returncode == 0, result.stderr
+            lines = result.stdout.decode().splitlines()
+            assert lines[0] == "ping"
+            client_env = parse_env("\n".join(lines[1:]).encode())
+            wait_until(lambda: out.exists() and out.stat().st_size > 0, "server env written")
+            server_env = parse_env(out.read_bytes())
+    assert client_env["SSL_PROTOCOL"] == server_env["SSL_PROTOCOL"] == "TLSv1.3"
+    assert client_env["SSL_CIPHER"] == server_env["SSL_CIPHER"]
+    assert (
+        client_env["SSL_TLS_SNI_SERVERNAME"] == server_env["SSL_TLS_SNI_SERVERNAME"] == "localhost"
+    )
+    assert client_env["SSL_PEER_CERT_HASH"].startswith("SHA256:")
+    assert client_env["TCPREMOTEPORT"] == server_env["TCPLOCALPORT"] == str(srv.port)
+    assert client_env["TCPLOCALPORT"] == server_env["TCPREMOTEPORT"]
+    assert server_env["TCPCONNNUM"] == "1" and "TCPCONNNUM" not in client_env
