@@ -17,6 +17,7 @@ import trio.testing
 from conftest import Pki
 
 from trio_s6tls import TLSOptions, client_context, run_engine, server_context, tls_over
+from trio_s6tls._engine import LINGER_SECONDS
 from trio_s6tls._log import Log
 
 
@@ -64,6 +65,7 @@ async def run_pair(
     script: object,
     *,
     cut_client_to_server: int | None = None,
+    limit: float = 10,
 ) -> tuple[Side, Side]:
     """Client and server engines back to back in memory; ``script(client,
     server)`` plays both applications; returns once both engines ended."""
@@ -85,7 +87,7 @@ async def run_pair(
             )
         )
 
-    with trio.fail_after(10):
+    with trio.fail_after(limit):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(engine, client, client_net, client_local, False, client_options)
             nursery.start_soon(engine, server, server_net, server_local, True, server_options)
@@ -175,3 +177,23 @@ async def test_protocol_versions(pki: Pki, version: str) -> None:
 def test_default_context_refuses_old_protocols(pki: Pki) -> None:
     context = server_context(pki.env(), TLSOptions())
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+async def test_local_reader_gone_drains_for_a_bounded_time(pki: Pki) -> None:
+    """Rule 4: with nobody reading locally, network data is drained (no RST
+    from unread bytes) but not forever: LINGER_SECONDS after our side ends."""
+    started: list[float] = []
+
+    async def endless_peer(client: Side, server: Side) -> None:
+        await server.app.aclose()  # the server application reads nothing, sends nothing
+        started.append(trio.current_time())
+        with trio.move_on_after(LINGER_SECONDS + 3):
+            try:
+                while True:
+                    await client.app.send_all(b"x" * 65536)
+            except trio.BrokenResourceError:
+                pass  # the client engine ended: the server closed after lingering
+
+    _client, server = await run_pair(pki, TLSOptions(), TLSOptions(), endless_peer, limit=LINGER_SECONDS + 5)
+    assert server.status == [0]
+    assert trio.current_time() - started[0] < LINGER_SECONDS + 2

@@ -724,12 +724,6 @@ def test_handshake_timeout(
     del client
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="engine bug (reported): after rule 4 the server engine closes its socket with the "
-    "client's unread request queued, the kernel answers with RST and the tail of the reply "
-    "is lost; needs a lingering close (STYLE.md). Fails about 2 runs in 5.",
-)
 def test_prog_closing_only_its_input(
     pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:

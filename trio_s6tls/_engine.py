@@ -14,7 +14,12 @@ Theory of operation — two pump tasks in one nursery, one per direction:
    has been delivered; the local write side is closed. A ragged EOF (no
    close_notify) is normal with ``-j`` and fatal (98) with ``-J``; an EOF in
    the middle of a record is always fatal (98) — see ``_records.py``.
-4. **The local reader goes away** (EPIPE): stop reading the network.
+4. **The local reader goes away** (EPIPE): network data is no longer
+   delivered. SPEC.md says "shut down the read side"; we keep reading and
+   discarding instead, because closing a socket with unread bytes queued
+   makes the kernel send RST, and the peer then loses the end of our reply
+   (STYLE.md, "Lingering close"). Once our own direction is finished too, the
+   discarding goes on for at most :data:`LINGER_SECONDS`.
 5. **The network write side fails** (reset, EPIPE): stop reading locally.
 6. **The engine returns when both directions are over**, 0 if all ended
    cleanly; a :class:`Fatal` in either direction ends both at once and its
@@ -57,7 +62,6 @@ class TLSTransport(Protocol):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
     async def send_eof(self) -> None: ...
     async def send_close_notify(self) -> None: ...
-    def shutdown_receive(self) -> None: ...
     async def aclose(self) -> None: ...
 
 
@@ -87,59 +91,84 @@ def network_from_fds(read_fd: int, write_fd: int) -> tuple[socket.socket | FdPai
     return FdPairStream(read_fd, write_fd), []
 
 
-Pump = Callable[[TLSTransport, trio.abc.HalfCloseableStream, TLSOptions], Awaitable[None]]
+LINGER_SECONDS = 2.0  # bounded drain before closing when nobody reads locally
 
 
-async def _deliver_down(tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions) -> None:
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    while True:
-        count = await tls.receive_into(buffer)
-        if count == 0:
-            break
-        if tls.close_notify_sent:
-            continue  # -S: the tunnel is over, incoming data is discarded
-        try:
-            await local.send_all(view[:count])
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            tls.shutdown_receive()  # rule 4: nobody reads locally any more
+class _Tunnel:
+    """The two pumps of one tunnel and the little they share."""
+
+    def __init__(self, tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions) -> None:
+        self.tls = tls
+        self.local = local
+        self.options = options
+        self.discarding = False  # rule 4: the local reader is gone
+        self.up_done = False
+        self.down_scope = trio.CancelScope()
+
+    def _linger_if_over(self) -> None:
+        """Both ways over but for a drain: bound the drain (rule 4)."""
+        if self.discarding and self.up_done:
+            deadline = trio.current_time() + LINGER_SECONDS
+            self.down_scope.deadline = min(self.down_scope.deadline, deadline)
+
+    async def down(self) -> None:
+        """Network → local (rules 3 and 4)."""
+        tls = self.tls
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        with self.down_scope:
+            while count := await tls.receive_into(buffer):
+                if tls.close_notify_sent or self.discarding:
+                    continue  # -S, or nobody reads locally: dropped
+                try:
+                    await self.local.send_all(view[:count])
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.discarding = True
+                    self._linger_if_over()
+        if tls.close_notify_sent or self.discarding:
             return
-    if not tls.close_notify_sent:
         ending = tls.records.ending()
         if ending == "truncated":
             raise Fatal(EXIT_TLS, "network stream ended in the middle of a TLS record")
-        if ending == "ragged" and options.enforce_close_notify:
+        if ending == "ragged" and self.options.enforce_close_notify:
             raise Fatal(EXIT_TLS, "peer closed the connection without a close_notify")
-    try:
-        await local.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-
-
-async def _send_up(tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions) -> None:
-    while True:
         try:
-            data = await local.receive_some(CHUNK)
-        except trio.BrokenResourceError as error:
-            cause = error.__cause__
-            detail = describe_os_error(cause) if isinstance(cause, OSError) else str(error)
-            raise Fatal(EXIT_SYSTEM, f"unable to read from local: {detail}") from None
-        if not data:
-            break
-        try:
-            await tls.send_all(data)
+            await self.local.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            shutdown = getattr(local, "shutdown_receive", None)
-            if shutdown is not None:  # rule 5: the network takes no more
-                shutdown()
-            return
-    try:
-        if options.close_notify:
-            await tls.send_close_notify()
-        else:
-            await tls.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+            pass
+
+    async def up(self) -> None:
+        """Local → network (rules 2 and 5)."""
+        try:
+            await self._send_up()
+        finally:
+            self.up_done = True
+            self._linger_if_over()
+
+    async def _send_up(self) -> None:
+        while True:
+            try:
+                data = await self.local.receive_some(CHUNK)
+            except trio.BrokenResourceError as error:
+                cause = error.__cause__
+                detail = describe_os_error(cause) if isinstance(cause, OSError) else str(error)
+                raise Fatal(EXIT_SYSTEM, f"unable to read from local: {detail}") from None
+            if not data:
+                break
+            try:
+                await self.tls.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                shutdown = getattr(self.local, "shutdown_receive", None)
+                if shutdown is not None:  # rule 5: the network takes no more
+                    shutdown()
+                return
+        try:
+            if self.options.close_notify:
+                await self.tls.send_close_notify()
+            else:
+                await self.tls.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
 
 async def establish(
@@ -167,17 +196,18 @@ async def tunnel(tls: TLSTransport, local: trio.abc.HalfCloseableStream, options
     carry more (rules 2–6 above). Raises the first :class:`Fatal`; does not
     close ``tls`` or ``local``."""
     failure: list[Fatal] = []
+    pumps = _Tunnel(tls, local, options)
 
-    async def guarded(nursery: trio.Nursery, pump: Pump) -> None:
+    async def guarded(nursery: trio.Nursery, pump: Callable[[], Awaitable[None]]) -> None:
         try:
-            await pump(tls, local, options)
+            await pump()
         except Fatal as error:
             failure.append(error)
             nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(guarded, nursery, _send_up)
-        nursery.start_soon(guarded, nursery, _deliver_down)
+        nursery.start_soon(guarded, nursery, pumps.up)
+        nursery.start_soon(guarded, nursery, pumps.down)
     if failure:
         raise failure[0]
 

@@ -137,10 +137,5 @@ class MemoryTLS:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    def shutdown_receive(self) -> None:
-        shutdown = getattr(self.transport, "shutdown_receive", None)
-        if shutdown is not None:
-            shutdown()
-
     async def aclose(self) -> None:
         await self.transport.aclose()

@@ -190,12 +190,6 @@ class SocketTLS:
                 break  # WANT_READ (sent, peer's not yet here) or peer data
         await self.send_eof()
 
-    def shutdown_receive(self) -> None:
-        try:
-            socket.socket.shutdown(self.connection, socket.SHUT_RD)
-        except OSError:
-            pass
-
     async def aclose(self) -> None:
         self.connection.close()
         await trio.lowlevel.checkpoint()
