@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from trio_s6tls._ucspitls import UcspiTLS, UcspiTLSError
+from trio_s6tls import UcspiTLS, UcspiTLSError
 
 
 class Conversation:

@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 
-from trio_s6tls._ucspitls import UcspiTLS, UcspiTLSError
+from trio_s6tls import UcspiTLS, UcspiTLSError
 
 
 class LineChannel:

@@ -43,6 +43,14 @@ _EXPORTS = {
     "tunnel": "_engine",
     "tls_over": "_engine",
     "network_from_fds": "_engine",
+    "UcspiTLS": "_ucspitls",
+    "UcspiTLSError": "_ucspitls",
+    "ucspitls_then_exec": "_ucspitls",
+    "handshake_then_exec": "_exec",
+    "program_environment": "_exec",
+    "install_fds": "_exec",
+    "TcpClientOptions": "_tcpclient",
+    "open_connection": "_tcpclient",
 }
 
 if TYPE_CHECKING:
@@ -62,6 +70,9 @@ if TYPE_CHECKING:
     from ._errors import EXIT_USAGE as EXIT_USAGE
     from ._errors import Fatal as Fatal
     from ._errors import UsageError as UsageError
+    from ._exec import handshake_then_exec as handshake_then_exec
+    from ._exec import install_fds as install_fds
+    from ._exec import program_environment as program_environment
     from ._fdstreams import FdPairStream as FdPairStream
     from ._fdstreams import fd_stream as fd_stream
     from ._handshake_info import SSL_VARIABLES as SSL_VARIABLES
@@ -70,12 +81,17 @@ if TYPE_CHECKING:
     from ._handshake_info import encode_notification as encode_notification
     from ._handshake_info import handshake_variables as handshake_variables
     from ._log import Log as Log
+    from ._tcpclient import TcpClientOptions as TcpClientOptions
+    from ._tcpclient import open_connection as open_connection
     from ._tlsconfig import TLSOptions as TLSOptions
     from ._tlsconfig import client_context as client_context
     from ._tlsconfig import drop_privileges as drop_privileges
     from ._tlsconfig import is_tls_variable as is_tls_variable
     from ._tlsconfig import parse_identity as parse_identity
     from ._tlsconfig import server_context as server_context
+    from ._ucspitls import UcspiTLS as UcspiTLS
+    from ._ucspitls import UcspiTLSError as UcspiTLSError
+    from ._ucspitls import ucspitls_then_exec as ucspitls_then_exec
 
 
 def __getattr__(name: str) -> Any:
