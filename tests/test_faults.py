@@ -261,6 +261,22 @@ async def test_faults_apply_from_the_start_unless_after_handshake() -> None:
     assert received == b"abc"  # then EOF: the cut half-closed the transport
 
 
+async def test_wrappers_are_conforming_half_closeable_streams() -> None:
+    """Without faults, both wrappers are invisible to trio's stream checker."""
+
+    async def transcribed() -> tuple[TranscriptStream, TranscriptStream]:
+        left, right = trio.testing.memory_stream_pair()
+        return TranscriptStream(left, Transcript()), TranscriptStream(right, Transcript())
+
+    async def faulty() -> tuple[FaultyStream, FaultyStream]:
+        left, right = trio.testing.memory_stream_pair()
+        return FaultyStream(left, Faults()), FaultyStream(right, Faults(split=1000))
+
+    with trio.fail_after(WAIT):
+        await trio.testing.check_half_closeable_stream(transcribed, None)
+        await trio.testing.check_half_closeable_stream(faulty, None)
+
+
 def test_faults_reject_nonsense() -> None:
     with pytest.raises(ValueError):
         Faults(split=0)
@@ -322,7 +338,8 @@ async def test_keylog_file_gets_the_session_secrets(pki: LoopbackPKI, tmp_path: 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.start_tls)
             nursery.start_soon(client.start_tls)
-    await client.aclose()
-    await server.aclose()
+        async with trio.open_nursery() as nursery:  # each close waits for the other's
+            nursery.start_soon(client.aclose)
+            nursery.start_soon(server.aclose)
     text = keylog.read_text()
     assert "CLIENT_TRAFFIC_SECRET_0" in text and "SERVER_HANDSHAKE_TRAFFIC_SECRET" in text

@@ -126,8 +126,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self.was_reset:
             raise trio.BrokenResourceError("connection reset by fault injection")
-        if not self.armed:
-            await self.transport.send_all(data)
+        if not self.armed or not data:
+            await self.transport.send_all(data)  # also the checkpoint of an empty write
             return
         view = memoryview(data).cast("B")
         while view:
@@ -160,6 +160,7 @@ class FaultyStream(trio.abc.HalfCloseableStream):
 
     async def send_eof(self) -> None:
         if self.cut or self.was_reset:
+            await trio.lowlevel.checkpoint()
             return
         await self.transport.send_eof()
 
