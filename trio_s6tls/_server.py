@@ -527,9 +527,14 @@ class Server:
             raw.close()
             raise Fatal(EXIT_ENGINE, f"unable to set up the TLS engine: {error}") from None
         try:
-            variables = await establish(
-                tls, options, server_side=True, report_resumption=config.report_resumption
-            )
+            try:
+                variables = await establish(
+                    tls, options, server_side=True, report_resumption=config.report_resumption
+                )
+            except Fatal:
+                if isinstance(tls.connection, socket.socket):
+                    await _linger(tls.connection)
+                raise
             config.log.info(
                 " ".join(f"{k}={v}" for k, v in variables.items() if v is not None), level=2
             )
@@ -565,6 +570,27 @@ class Server:
         finally:
             with trio.CancelScope(shield=True):
                 await tls.aclose()
+
+
+LINGER_SECONDS = 0.25
+
+
+async def _linger(sock: socket.socket) -> None:
+    """After a failed handshake: half-close, then discard what the peer
+    still sends, briefly, before the close. Closing with unread bytes would
+    send an RST, which can destroy our alert before the client reads it."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_WR)
+    with trio.move_on_after(LINGER_SECONDS):
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:  # the raw socket under the SSLSocket: no TLS any more
+                if not socket.socket.recv(sock, 16384):
+                    return
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
 
 
 async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
