@@ -227,7 +227,8 @@ def test_chain_with_tlsd(pki: Pki) -> None:
         (["-c", "0", "127.0.0.1", "0", "cat"], 100, "usage"),
         (["-x", "r.cdb", "127.0.0.1", "0", "cat"], 100, "CDB"),
         (["-U", "127.0.0.1", "0", "cat"], 100, "UID"),
-        (["256.0.0.1", "0", "cat"], 111, "unable to bind"),
+        (["256.0.0.1", "0", "cat"], 100, "not an IP address"),
+        (["localhost", "0", "cat"], 100, "not an IP address"),
     ],
 )
 def test_bad_input(pki: Pki, args: list[str], code: int, needle: str) -> None:

@@ -4,6 +4,7 @@ s6-tlsserver shares (it adds the TLS options)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -123,6 +124,10 @@ def server_settings(parsed: Parsed, *, tls: bool) -> dict[str, Any]:
     if len(parsed.operands) < 3:
         raise UsageError("expected ip, port and prog")
     ip, port_text, *argv = parsed.operands
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise UsageError(f"not an IP address: {ip!r}") from None
     try:
         port = uint(port_text)
         if port > 65535:
