@@ -130,8 +130,19 @@ async def test_ipv6_server_and_key_log(ucspi_tls_server, tmp_path):
 
 
 async def test_bad_server_options_are_a_value_error(ucspi_tls_server):
-    with pytest.raises(ValueError, match="--no-such-option"):
+    with pytest.raises(ValueError, match="no-such-option"):
         await ucspi_tls_server(["true"], ["--no-such-option"])
+    with pytest.raises(ValueError, match="workers"):
+        await ucspi_tls_server(["true"], ["--workers", "2"])
+
+
+async def test_tcp_options_of_s6_tlsserver(ucspi_tls_server):
+    server = await ucspi_tls_server(["true"], ["-H", "-l", "here.test", "-c", "3"])
+    async with server.connect() as stream:
+        assert await stream.receive_some() == b""
+    [record] = await server.wait_finished(1)
+    assert record.env["TCPLOCALHOST"] == "here.test"
+    assert "TCPREMOTEHOST" not in record.env
 
 
 async def test_client_program_with_a_client_certificate(ucspi_tls_client, tls_pki):
@@ -252,7 +263,7 @@ def project(pytester: pytest.Pytester, tests: str) -> Path:
 def test_fixtures_in_a_user_project(pytester: pytest.Pytester) -> None:
     project(pytester, PASSING)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=12)
+    result.assert_outcomes(passed=13)
 
 
 def test_failing_tests_still_clean_up(pytester: pytest.Pytester) -> None:

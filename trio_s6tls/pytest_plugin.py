@@ -71,7 +71,8 @@ def tls_client_env(tls_pki: LoopbackPKI) -> dict[str, str]:
 @pytest.fixture
 async def ucspi_tls_server(tls_pki: LoopbackPKI) -> AsyncIterator[ServerFactory]:
     """Async factory: ``await ucspi_tls_server(argv, tls_options=(),
-    env=None, *, starttls=False, host="127.0.0.1")`` serves ``argv`` as
+    env=None, *, starttls=False, server_options=(), host="127.0.0.1")``
+    serves ``argv`` as
     s6-tlsserver would and returns a
     :class:`~trio_s6tls.testing.UcspiTLSServer` (see
     :func:`~trio_s6tls.testing.open_ucspi_tls_server`; ``host="::1"`` for
@@ -86,12 +87,19 @@ async def ucspi_tls_server(tls_pki: LoopbackPKI) -> AsyncIterator[ServerFactory]
         tls_options: Sequence[str],
         env: Mapping[str, str] | None,
         starttls: bool,
+        server_options: Sequence[str],
         host: str,
         *,
         task_status: trio.TaskStatus[UcspiTLSServer] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with open_ucspi_tls_server(
-            argv, tls_pki, tls_options, env, starttls=starttls, host=host
+            argv,
+            tls_pki,
+            tls_options,
+            env,
+            starttls=starttls,
+            server_options=server_options,
+            host=host,
         ) as server:
             task_status.started(server)
             await trio.sleep_forever()
@@ -104,10 +112,11 @@ async def ucspi_tls_server(tls_pki: LoopbackPKI) -> AsyncIterator[ServerFactory]
             env: Mapping[str, str] | None = None,
             *,
             starttls: bool = False,
+            server_options: Sequence[str] = (),
             host: str = "127.0.0.1",
         ) -> UcspiTLSServer:
             server: UcspiTLSServer = await nursery.start(
-                keep_serving, argv, tls_options, env, starttls, host
+                keep_serving, argv, tls_options, env, starttls, server_options, host
             )
             return server
 

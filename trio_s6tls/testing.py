@@ -34,11 +34,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import trio
 import trustme
 
+from . import _server
 from ._errors import Fatal
 from ._faults import Faults, FaultyStream
 from ._peer import (
@@ -50,14 +50,13 @@ from ._peer import (
     peer_client_context,
     wrap_transport,
 )
+from ._server import ConnectionRecord
 from ._tlsconfig import TLSOptions, server_context
 from ._transcript import Transcript, TranscriptEntry, TranscriptStream
 
-if TYPE_CHECKING:
-    from ._server import ConnectionRecord
-
 __all__ = [
     "ClientResult",
+    "ConnectionRecord",
     "Faults",
     "FaultyStream",
     "HandshakeFailed",
@@ -263,35 +262,66 @@ class UcspiTLSServer:
         )
 
 
-def _server_options(
-    tls_options: Sequence[str], *, tcp: bool = True
-) -> tuple[TLSOptions, dict[str, object]]:
-    """Parse s6-tlsserver's TLS options (and, with ``tcp``, ``-H``/``-h``,
-    ``-D``/``-d``, ``-l NAME``); ValueError for anything else."""
-    from ._cli import Opt, parse_options
-    from .programs import _options
+def _server_config(
+    argv: list[str],
+    server_options: Sequence[str],
+    base_env: dict[str, str],
+    *,
+    tls: bool,
+    host: str,
+) -> tuple[_server.ServerConfig, int | None]:
+    """The configuration s6-tlsserver (``tls``) or s6-tcpserver would build
+    from ``server_options``, parsed by the program's own option table;
+    ValueError for what either rejects or what makes no sense in process
+    (``--workers`` above 1). Also returns the ``-b`` backlog."""
+    from ._cli import parse_options
+    from ._log import Log
+    from .programs import _options, tcpserver, tlsserver
 
-    extra = [
-        Opt("H", None, "remote_lookup", False),
-        Opt("h", None, "remote_lookup", True),
-        Opt("D", None, "nodelay", True),
-        Opt("d", None, "nodelay", False),
-        Opt("l", None, "local_name", parse=str),
-    ]
-    table = _options.SERVER_TLS + _options.KEEP_ENV + (extra if tcp else [])
+    table = tlsserver.OPTIONS if tls else tcpserver.OPTIONS
     try:
-        parsed = parse_options(list(tls_options), table)
+        parsed = parse_options([*server_options, host, "0", *argv], table)
+        if parsed.operands[2:] != argv:
+            raise ValueError(f"{list(server_options)!r}: not all options")
+        settings = tcpserver.server_settings(parsed, tls=tls)
+        if settings["workers"] != 1:
+            raise ValueError("--workers is not available in process")
+        context = None
+        tls_options = TLSOptions(verbosity=settings["verbosity"])
+        resumption = bool(parsed.values.get("resumption", False))
+        if tls:
+            tls_values = _options.tls_option_values(parsed.values)
+            tls_values["verbosity"] = settings["verbosity"]
+            tls_options = TLSOptions(**tls_values)
+            context = _server.configure_resumption(
+                server_context(base_env, tls_options), resumption
+            )
     except Fatal as error:
-        raise ValueError(f"tls_options {list(tls_options)!r}: {error.message}") from None
-    if parsed.operands:
-        raise ValueError(f"not an option: {parsed.operands[0]!r}")
-    options = TLSOptions(**_options.tls_option_values(parsed.values))
-    rest = {
-        k: v
-        for k, v in parsed.values.items()
-        if k in ("remote_lookup", "nodelay", "local_name", "keep_env")
-    }
-    return options, rest
+        raise ValueError(f"{list(server_options)!r}: {error.message}") from None
+    config = _server.ServerConfig(
+        argv=argv,
+        context=context,
+        tls_options=tls_options,
+        base_env=base_env,
+        max_conn=settings["max_conn"],
+        max_per_ip=settings["max_per_ip"],
+        rules_dir=settings["rules_dir"],
+        access_timeout_ms=settings["access_timeout_ms"],
+        proxy=settings["proxy"],
+        banner=settings["banner"],
+        remote_lookup=settings["remote_lookup"],
+        paranoid=settings["paranoid"],
+        local_name=settings["local_name"],
+        warn_lookup_failure=settings["warn_lookup_failure"],
+        nodelay=settings["nodelay"],
+        uid=settings["uid"],
+        gid=settings["gid"],
+        groups=settings["groups"],
+        keep_env=bool(parsed.values.get("keep_env", False)),
+        report_resumption=resumption,
+        log=Log("s6-tlsserver" if tls else "s6-tcpserver", settings["verbosity"]),
+    )
+    return config, settings["backlog"]
 
 
 @asynccontextmanager
@@ -302,52 +332,41 @@ async def open_ucspi_tls_server(
     env: Mapping[str, str] | None = None,
     *,
     starttls: bool = False,
+    server_options: Sequence[str] = (),
     host: str = LOOPBACK,
 ) -> AsyncIterator[UcspiTLSServer]:
     """Serve ``argv`` per connection as ``s6-tlsserver [tls_options] host 0
     argv...`` would: the handshake, then the program with stdin/stdout on
     the TLS tunnel and the UCSPI and ``SSL_*`` variables.
 
-    ``tls_options`` are s6-tlsserver's TLS options (``-J``, ``-S``, ``-y``,
-    ``-K 500``, ``--alpn h2``, …, also ``-Z``, ``-H``, ``-D``, ``-l NAME``);
-    anything else is a :class:`ValueError`. ``env`` is
+    ``tls_options`` are s6-tlsserver's options, parsed by s6-tlsserver's
+    own option table: the TLS ones (``-J``, ``-S``, ``-y``, ``-K 500``,
+    ``--alpn h2``, ``-Z``, ``--resumption``, …) and the TCP ones too
+    (``-H``, ``-c 5``, ``-C 1``, ``-B banner``, ``-i rulesdir``, ``-L``, …).
+    Anything it rejects, and ``--workers`` above 1, is a
+    :class:`ValueError`. ``server_options`` are added after them. ``env`` is
     added to the program's environment (over ``os.environ`` and the PKI's
-    ``KEYFILE``/``CERTFILE``, which the program does not see unless ``-Z``).
+    ``KEYFILE``/``CERTFILE``/``CAFILE``, which the program does not see
+    unless ``-Z``).
 
-    With ``starttls`` the server is plain TCP, as ``s6-tcpserver host 0
-    s6-ucspitlsd [tls_options] argv...`` would run it (``tls_options`` are
-    then s6-ucspitlsd's, TLS options only): connect with
+    With ``starttls`` the server is plain TCP, as ``s6-tcpserver
+    [server_options] host 0 s6-ucspitlsd [tls_options] argv...`` would run
+    it (``tls_options`` are then s6-ucspitlsd's): connect with
     ``connect(starttls=True)`` and call ``start_tls()`` when the protocol
     says so.
 
     On exit the listener is closed and every program still running is
     killed and reaped (bounded).
     """
-    from . import _server
-    from ._log import Log
-
-    # With STARTTLS the options go to s6-ucspitlsd, which takes TLS ones only.
-    options, tcp = _server_options(tls_options, tcp=not starttls)
     base_env = base_environment({**pki.server_env, **pki.client_env, **(env or {})})
     if starttls:
         prog = [find_program("s6-ucspitlsd"), *tls_options, "--", *_resolve(argv)]
-        context = None
+        config, backlog = _server_config(prog, server_options, base_env, tls=False, host=host)
     else:
-        prog = _resolve(argv)
-        context = server_context(base_env, options)
-    config = _server.ServerConfig(
-        argv=prog,
-        context=context,
-        tls_options=options,
-        base_env=base_env,
-        log=Log("s6-tlsserver", options.verbosity),
-        remote_lookup=bool(tcp.get("remote_lookup", True)),
-        nodelay=bool(tcp.get("nodelay", False)),
-        keep_env=bool(tcp.get("keep_env", False)),
-    )
-    if tcp.get("local_name") is not None:
-        config.local_name = str(tcp["local_name"])
-    listeners = await trio.open_tcp_listeners(0, host=host)
+        config, backlog = _server_config(
+            _resolve(argv), [*tls_options, *server_options], base_env, tls=True, host=host
+        )
+    listeners = await trio.open_tcp_listeners(0, host=host, backlog=backlog)
     port = listeners[0].socket.getsockname()[1]
     server = UcspiTLSServer(host, port, pki)
     try:
