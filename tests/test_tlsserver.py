@@ -164,7 +164,7 @@ def test_environment_complete(pki: Pki) -> None:
     env = pki.env(TLS_UID="", SOMETHING="kept")
     with (
         server(
-            ["s6-tlsserver", "-Y", "-l", "here.example", "127.0.0.1", "0", *ENV_PROG], env
+            ["s6-tlsserver", "-h", "-Y", "-l", "here.example", "127.0.0.1", "0", *ENV_PROG], env
         ) as srv,
         tls_connect(srv.port, client_context(pki, client_cert=True)) as tls,
     ):
@@ -308,7 +308,8 @@ def test_concurrent_clients_with_abusers(pki: Pki) -> None:
 
 
 def test_handshake_failures_are_logged_not_fatal(pki: Pki) -> None:
-    with server(["s6-tlsserver", "-H", "-K", "300", "127.0.0.1", "0", "cat"], pki.env()) as srv:
+    argv = ["s6-tlsserver", "-q", "-Q", "-H", "-K", "300", "127.0.0.1", "0", "cat"]
+    with server(argv, pki.env()) as srv:  # -Q after -q: back to warnings
         _garbage(srv.port)
         _stall(srv.port)
         assert exchange(srv.port, client_context(pki), b"still fine") == b"still fine"
@@ -564,6 +565,14 @@ def test_sni_level_and_mandatory_client_cert(pki: Pki, tmp_path: Path) -> None:
         # the alert reaches the client: the server lingers instead of resetting
         with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
             exchange(srv.port, client_context(pki), b"no client certificate")
+    argv = ["s6-tlsserver", "-H", "--mandatory-sni", "127.0.0.1", "0", *ENV_PROG]
+    with server(argv, env) as srv:
+        context = client_context(pki)
+        with tls_connect(srv.port, context, server_hostname="app.example") as tls:
+            half_close(tls)
+            assert parse_env(read_all(tls))["SSL_TLS_SNI_SERVERNAME"] == "app.example"
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+            exchange(srv.port, context, b"")  # SNI localhost: no :NAME pair for it
 
 
 def test_enforce_close_notify_and_verbose_log(pki: Pki) -> None:
@@ -572,6 +581,12 @@ def test_enforce_close_notify_and_verbose_log(pki: Pki) -> None:
         exchange(srv.port, client_context(pki), b"ragged")
         wait_until(lambda: "close_notify" in srv.stderr, "-J ragged EOF logged")
         assert "SSL_PROTOCOL=TLSv1.3" in srv.stderr
+    argv = ["s6-tlsserver", "--verbosity", "2", "-H", "-J", "-j", "127.0.0.1", "0", "cat"]
+    with server(argv, pki.env()) as srv:
+        assert exchange(srv.port, client_context(pki), b"ragged") == b"ragged"
+        # the end of the connection is logged after the tunnel's own messages
+        wait_until(lambda: " end ip 127.0.0.1 " in srv.stderr, "end of connection logged")
+        assert "close_notify" not in srv.stderr
 
 
 def test_chain_tcpserver_tlsd(pki: Pki) -> None:
