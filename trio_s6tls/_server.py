@@ -820,6 +820,8 @@ async def _obey_signals(
                 server.reload(reload())
             except Fatal as error:
                 log.warn(f"certificate reload failed, keeping the old ones: {error.message}")
+            except Exception as error:  # whatever it is, the server goes on
+                log.warn(f"certificate reload failed, keeping the old ones: {error!r}")
             else:
                 log.info("certificates reloaded", level=2)
 
