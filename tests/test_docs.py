@@ -7,7 +7,9 @@ build test fails, as it should.
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +53,27 @@ def test_every_program_has_a_page(program: str) -> None:
         assert f"\n{section}\n" in page, f"{program}: no {section} section"
     assert "Differences from the C tool" in page
     assert program in (DOCS / "programs" / "index.rst").read_text()
+
+
+def _with_includes(path: Path) -> str:
+    """The page's text with its ``.. include::`` files spliced in."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if line.startswith(".. include:: "):
+            lines.append(_with_includes(path.parent / line.split(":: ", 1)[1].strip()))
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_every_option_in_the_usage_line_is_documented(program: str) -> None:
+    module = importlib.import_module(f"trio_s6tls.programs.{PROGRAMS[program]}")
+    page = _with_includes(DOCS / "programs" / f"{program}.rst")
+    options = set(re.findall(r"(?<![\w-])(--?[A-Za-z0-9][\w-]*)", module.PROGRAM.usage))
+    options.discard("--")
+    missing = sorted(option for option in options if f"``{option}" not in page)
+    assert not missing, f"{program}: undocumented {missing}"
 
 
 def test_tutorial_project_passes(pytester: pytest.Pytester) -> None:
