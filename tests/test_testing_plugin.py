@@ -173,14 +173,22 @@ async def test_client_program(ucspi_tls_client):
     assert len(result.connections) == 1
 
 
-async def test_client_program_with_faults(ucspi_tls_client):
+async def test_client_program_with_faults_transcripts_and_key_log(ucspi_tls_client, tmp_path):
     async def handler(stream):
         await stream.send_all(b"x" * 3000 + b"\\n")
         assert await read_line(stream) == b"3001\\n"
 
-    script = "head -n 1 <&6 | wc -c >&7"
-    result = await ucspi_tls_client(["sh", "-c", script], handler, faults=Faults(split=100))
+    text, wire = Transcript(), Transcript()
+    keylog = tmp_path / "keys.log"
+    script = "head -n 1 <&6 | wc -c | tr -d ' ' >&7"
+    result = await ucspi_tls_client(
+        ["sh", "-c", script], handler, faults=Faults(split=100),
+        transcript=text, wire_transcript=wire, keylog_file=keylog,
+    )
     assert result.returncode == 0, result.stderr
+    assert text.sent() == b"x" * 3000 + b"\\n" and text.received() == b"3001\\n"
+    assert all(len(e.data) <= 100 for e in wire.entries if e.direction == "sent")
+    assert "SERVER_TRAFFIC_SECRET_0" in keylog.read_text()
 
 
 async def test_starttls_example_server(ucspi_tls_server):
