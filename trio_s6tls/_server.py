@@ -539,8 +539,7 @@ class Server:
                 " ".join(f"{k}={v}" for k, v in variables.items() if v is not None), level=2
             )
             apply_variables(env, variables)
-            to_prog_read, to_prog_write = os.pipe()
-            from_prog_read, from_prog_write = os.pipe()
+            to_prog_read, to_prog_write, from_prog_read, from_prog_write = _two_pipes()
             try:
                 process = await self._spawn(argv, env, stdin=to_prog_read, stdout=from_prog_write)
             except BaseException:
@@ -570,6 +569,22 @@ class Server:
         finally:
             with trio.CancelScope(shield=True):
                 await tls.aclose()
+
+
+def _two_pipes() -> tuple[int, int, int, int]:
+    """Pipes to and from prog; out of fds is a system failure (111), not
+    the client's doing."""
+    try:
+        to_prog = os.pipe()
+    except OSError as error:
+        raise Fatal(EXIT_SYSTEM, f"unable to create pipes: {describe_os_error(error)}") from None
+    try:
+        from_prog = os.pipe()
+    except OSError as error:
+        os.close(to_prog[0])
+        os.close(to_prog[1])
+        raise Fatal(EXIT_SYSTEM, f"unable to create pipes: {describe_os_error(error)}") from None
+    return to_prog[0], to_prog[1], from_prog[0], from_prog[1]
 
 
 LINGER_SECONDS = 0.25
