@@ -324,6 +324,19 @@ async def test_starttls_peers_and_transcripts_on_their_own(pki: LoopbackPKI) -> 
     assert "> b'STARTTLS\\r\\n'" in client_text.format()
 
 
+async def test_peer_stream_allows_one_task_per_direction(pki: LoopbackPKI) -> None:
+    left, _right = trio.testing.memory_stream_pair()
+    peer = TLSPeerStream(left, peer_server_context(pki), server_side=True)
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.receive_some)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await peer.receive_some()
+            nursery.cancel_scope.cancel()
+    await trio.aclose_forcefully(peer)
+
+
 async def test_keylog_file_gets_the_session_secrets(pki: LoopbackPKI, tmp_path: Path) -> None:
     keylog = tmp_path / "keys.log"
     client_wire, server_wire = trio.testing.memory_stream_pair()

@@ -38,6 +38,23 @@ CONNECT_TIMEOUT = 10.0
 _RECEIVE_SIZE = 65536
 
 
+class _OneTaskAtATime:
+    """Raise :class:`trio.BusyResourceError` when a second task enters, as
+    every Trio stream must for each direction."""
+
+    def __init__(self, doing: str) -> None:
+        self._doing = doing
+        self._busy = False
+
+    def __enter__(self) -> None:
+        if self._busy:
+            raise trio.BusyResourceError(f"another task is already {self._doing}")
+        self._busy = True
+
+    def __exit__(self, *_: object) -> None:
+        self._busy = False
+
+
 class HandshakeFailed(Exception):
     """The test peer's TLS handshake did not complete (the message says why)."""
 
@@ -83,6 +100,8 @@ class TLSPeerStream(trio.abc.HalfCloseableStream):
         self._close_notify = close_notify
         self._tls: MemoryTLS | None = None
         self._closed = False
+        self._sending = _OneTaskAtATime("sending on this stream")
+        self._receiving = _OneTaskAtATime("receiving on this stream")
 
     @property
     def tls_active(self) -> bool:
@@ -117,10 +136,11 @@ class TLSPeerStream(trio.abc.HalfCloseableStream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise trio.ClosedResourceError("stream is closed")
-        if self._tls is None:
-            await self.transport.send_all(data)
-        else:
-            await self._tls.send_all(data)
+        with self._sending:
+            if self._tls is None:
+                await self.transport.send_all(data)
+            else:
+                await self._tls.send_all(data)
         if self.transcript is not None:
             self.transcript.record("sent", bytes(data))
 
@@ -131,15 +151,16 @@ class TLSPeerStream(trio.abc.HalfCloseableStream):
         if self._closed:
             raise trio.ClosedResourceError("stream is closed")
         size = max_bytes or _RECEIVE_SIZE
-        if self._tls is None:
-            data = bytes(await self.transport.receive_some(size))
-        else:
-            buffer = bytearray(size)
-            try:
-                count = await self._tls.receive_into(buffer)
-            except Fatal as error:
-                raise trio.BrokenResourceError(error.message) from None
-            data = bytes(buffer[:count])
+        with self._receiving:
+            if self._tls is None:
+                data = bytes(await self.transport.receive_some(size))
+            else:
+                buffer = bytearray(size)
+                try:
+                    count = await self._tls.receive_into(buffer)
+                except Fatal as error:
+                    raise trio.BrokenResourceError(error.message) from None
+                data = bytes(buffer[:count])
         if self.transcript is not None:
             self.transcript.record("received", data, eof=not data)
         return data
@@ -153,7 +174,8 @@ class TLSPeerStream(trio.abc.HalfCloseableStream):
         """Send a close_notify and half-close the transport."""
         if self._tls is None:
             raise RuntimeError("TLS is not on")
-        await self._tls.send_close_notify()
+        with self._sending:
+            await self._tls.send_close_notify()
         if self.transcript is not None:
             self.transcript.record("sent", b"", eof=True)
 
@@ -161,10 +183,11 @@ class TLSPeerStream(trio.abc.HalfCloseableStream):
         if self._tls is not None and self._close_notify:
             await self.send_close_notify()
             return
-        if self._tls is None:
-            await self.transport.send_eof()
-        else:
-            await self._tls.send_eof()
+        with self._sending:
+            if self._tls is None:
+                await self.transport.send_eof()
+            else:
+                await self._tls.send_eof()
         if self.transcript is not None:
             self.transcript.record("sent", b"", eof=True)
 
