@@ -113,6 +113,14 @@ async def test_connection_options(ucspi_tls_server):
     assert "CN=trio_s6tls test client" in record.env["SSL_PEER_CERT_SUBJECT"]
 
 
+async def test_sni_certificates(ucspi_tls_server, tls_pki):
+    env = tls_pki.sni_env("mail.test", "*.web.test")
+    server = await ucspi_tls_server(["sh", "-c", 'echo "$SSL_TLS_SNI_SERVERNAME"'], ["-k", "2"], env)
+    for name in ("mail.test", "www.web.test"):
+        async with server.connect(servername=name) as stream:
+            assert await read_line(stream) == name.encode() + b"\\n"
+
+
 async def test_ragged_cut_fails_an_enforcing_server(ucspi_tls_server):
     server = await ucspi_tls_server(["cat"], ["-J"])
     async with server.connect(faults=Faults(cut_after=0, after_handshake=True)) as stream:
@@ -271,7 +279,7 @@ def project(pytester: pytest.Pytester, tests: str) -> Path:
 def test_fixtures_in_a_user_project(pytester: pytest.Pytester) -> None:
     project(pytester, PASSING)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=13)
+    result.assert_outcomes(passed=14)
 
 
 def test_failing_tests_still_clean_up(pytester: pytest.Pytester) -> None:

@@ -95,7 +95,7 @@ class LoopbackPKI:
 
     def __init__(self, ca: trustme.CA, directory: str | os.PathLike[str]) -> None:
         self.ca = ca
-        base = Path(directory)
+        base = self._directory = Path(directory)
         base.mkdir(parents=True, exist_ok=True)
         self.ca_file = base / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
@@ -105,6 +105,18 @@ class LoopbackPKI:
         client = ca.issue_cert("client.test", common_name="trio_s6tls test client")
         self.client_file = base / "client.pem"
         client.private_key_and_cert_chain_pem.write_to_path(str(self.client_file))
+
+    def sni_env(self, *names: str) -> dict[str, str]:
+        """``KEYFILE:NAME``/``CERTFILE:NAME`` pairs, one certificate per name
+        (``*.example.test`` works too), for servers run with ``-k 1`` or ``-k 2``."""
+        env: dict[str, str] = {}
+        for name in names:
+            path = self._directory / f"sni-{name.replace('*', '_star_')}.pem"
+            if not path.exists():
+                issued = self.ca.issue_cert(name, common_name=name)
+                issued.private_key_and_cert_chain_pem.write_to_path(str(path))
+            env[f"KEYFILE:{name}"] = env[f"CERTFILE:{name}"] = str(path)
+        return env
 
     @property
     def server_env(self) -> dict[str, str]:
