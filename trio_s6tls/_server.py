@@ -51,7 +51,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -203,6 +203,12 @@ def spawn_child(argv: list[str], env: dict[str, str], *, stdin: int, stdout: int
     return SpawnedChild(pid)
 
 
+#: Concurrent posix_spawn calls (each holds its thread ~1-2 ms, until the exec).
+SPAWN_THREADS = 8
+
+T = TypeVar("T")
+
+
 class Refused(Exception):
     """The connection ends before prog, for the reason given (already logged)."""
 
@@ -224,6 +230,8 @@ class Server:
         self.spawning: dict[object, list[int]] = {}
         self.accept_scope = trio.CancelScope()
         self.cancel_scope = trio.CancelScope()
+        self.lookup_threads = trio.CapacityLimiter(max(config.max_conn, 1))
+        self.spawn_threads = trio.CapacityLimiter(SPAWN_THREADS)
         self.abandon_children = False
         self.addresses: list[tuple[str, int]] = []
         self.connections_served = 0
@@ -424,18 +432,25 @@ class Server:
             return None, local_host
         remote_host: str | None = None
         with self._bounded():
-            remote_host = await _reverse_lookup(remote[0])
+            remote_host = await self._in_lookup_thread(_reverse_lookup, remote[0])
             if (
                 remote_host is not None
                 and config.paranoid
-                and not await _resolves_to(remote_host, remote[0])
+                and not await self._in_lookup_thread(_resolves_to, remote_host, remote[0])
             ):
                 remote_host = None
             if local_host is None:
-                local_host = await _reverse_lookup(local[0])
+                local_host = await self._in_lookup_thread(_reverse_lookup, local[0])
         if remote_host is None and config.warn_lookup_failure:
             config.log.info(f"no name for {remote[0]}", level=2)
         return remote_host, local_host
+
+    async def _in_lookup_thread(self, function: Callable[..., T], *args: str) -> T:
+        """Name lookups get threads of their own: slow DNS must never hold
+        up the spawning of progs (nor the other way round)."""
+        return await trio.to_thread.run_sync(
+            function, *args, limiter=self.lookup_threads, abandon_on_cancel=True
+        )
 
     async def _spawn(
         self, argv: list[str], env: dict[str, str], *, stdin: int, stdout: int
@@ -453,7 +468,8 @@ class Server:
             if same_identity and hasattr(os, "pidfd_open"):
                 # posix_spawn: a vfork-style clone, no Python in the child
                 process = await trio.to_thread.run_sync(
-                    functools.partial(spawn_child, argv, env, stdin=stdin, stdout=stdout)
+                    functools.partial(spawn_child, argv, env, stdin=stdin, stdout=stdout),
+                    limiter=self.spawn_threads,
                 )
             else:
                 process = await trio.lowlevel.open_process(
@@ -614,17 +630,17 @@ async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
         view = view[await sock.send(view) :]
 
 
-async def _reverse_lookup(ip: str) -> str | None:
+def _reverse_lookup(ip: str) -> str | None:
     try:
-        host, _ = await trio.socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)
+        host, _ = socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)
     except (OSError, UnicodeError):
         return None
     return host
 
 
-async def _resolves_to(name: str, ip: str) -> bool:
+def _resolves_to(name: str, ip: str) -> bool:
     try:
-        infos = await trio.socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return False
     return any(canonical_ip(str(info[4][0])) == ip for info in infos)
