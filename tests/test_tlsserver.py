@@ -833,3 +833,18 @@ def test_our_clients_against_us(pki: Pki, chain: bool) -> None:
     assert client_env["TCPREMOTEPORT"] == server_env["TCPLOCALPORT"] == str(srv.port)
     assert client_env["TCPLOCALPORT"] == server_env["TCPREMOTEPORT"]
     assert server_env["TCPCONNNUM"] == "1" and "TCPCONNNUM" not in client_env
+
+
+def test_keylog_and_min_version(pki: Pki, tmp_path: Path) -> None:
+    """SSLKEYLOGFILE (research) gets the session secrets; --min-version 1.3
+    refuses a TLS 1.2-only client."""
+    keylog = tmp_path / "keys.log"
+    env = pki.env(SSLKEYLOGFILE=str(keylog))
+    argv = ["s6-tlsserver", "-H", "--min-version", "1.3", "127.0.0.1", "0", "cat"]
+    with server(argv, env) as srv:
+        assert exchange(srv.port, client_context(pki), b"secret") == b"secret"
+        assert "CLIENT_HANDSHAKE_TRAFFIC_SECRET" in keylog.read_text()
+        old_client = client_context(pki)
+        old_client.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(ssl.SSLError):
+            exchange(srv.port, old_client, b"")
