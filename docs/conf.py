@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -55,15 +56,25 @@ _INVENTORIES = {
 }
 
 
-def _online(host: str = "docs.python.org") -> bool:
-    """Whether the inventories can be fetched (``DOCS_OFFLINE=1`` forces no)."""
+def _online(host: str = "docs.python.org", timeout: float = 3.0) -> bool:
+    """Whether the inventories can be fetched (``DOCS_OFFLINE=1`` forces no).
+    The probe runs in a daemon thread so that a hanging resolver cannot
+    hold up the build for longer than ``timeout``."""
     if os.environ.get("DOCS_OFFLINE"):
         return False
-    try:
-        with socket.create_connection((host, 443), timeout=3):
-            return True
-    except OSError:
-        return False
+    reachable: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                reachable.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(reachable)
 
 
 intersphinx_mapping = _INVENTORIES if _online() else {}
