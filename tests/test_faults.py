@@ -193,11 +193,6 @@ async def test_reset_sends_a_tcp_rst() -> None:
         await faulty.receive_some()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="s6-tlsd-io sometimes takes a peer's RST for a ragged EOF (see the engine's "
-    "_socket_tls.py: the SSLZeroReturnError path does not check for a reset)",
-)
 async def test_reset_ends_the_engine_with_a_system_error(pki: LoopbackPKI) -> None:
     async with tlsd_io(pki, faults=Faults(after_handshake=True)) as run:
         assert run.peer.faulty is not None

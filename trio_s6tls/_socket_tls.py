@@ -122,15 +122,14 @@ class SocketTLS:
             except ssl.SSLZeroReturnError:
                 count = 0
             except (ssl.SSLError, OSError) as error:
-                if self.close_notify_sent:
-                    count = 0  # after our close_notify, anything ends the stream
-                elif not isinstance(error, ssl.SSLEOFError):
+                if not self.close_notify_sent and not isinstance(error, ssl.SSLEOFError):
                     raise read_failure(error) from None
-                elif self._was_reset():
-                    raise reset_failure() from None
-                else:
-                    count = 0  # a plain TCP EOF: the records tell how clean
+                count = 0  # an EOF of some kind (after our close_notify: any end)
             if count == 0:
+                # OpenSSL reports a TCP reset as an EOF, sometimes even as a
+                # clean one: ask the kernel unless a close_notify explains it.
+                if not (self.close_notify_sent or self.records.close_notify) and self._was_reset():
+                    raise reset_failure()
                 break
             self.records.data()
             filled += count
