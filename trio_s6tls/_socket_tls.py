@@ -82,6 +82,7 @@ class SocketTLS:
         )
         self.records = attach(self.connection)
         self.close_notify_sent = False
+        self._fin_sent = False
 
     async def _wait(self, error: ssl.SSLError) -> None:
         wait = (
@@ -142,7 +143,11 @@ class SocketTLS:
     def _was_reset(self) -> bool:
         """Python reports an RST as an ``SSLEOFError``, like a FIN (``SSL_read_ex``
         leaves no errno). The kernel still knows: a reset TCP socket is in
-        state CLOSE, a half-closed one in CLOSE_WAIT or later."""
+        state CLOSE, one that got a FIN in CLOSE_WAIT. Once we have sent our
+        own FIN, CLOSE is also where an orderly close ends (LAST_ACK → CLOSE),
+        so then we cannot tell, and take it for an EOF."""
+        if self._fin_sent:
+            return False
         try:
             state = self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
         except (OSError, AttributeError):
@@ -169,6 +174,7 @@ class SocketTLS:
         """TCP half-close on the raw socket: ``SSLSocket.shutdown`` would drop
         the TLS state and with it our read side."""
         await trio.lowlevel.checkpoint()
+        self._fin_sent = True
         try:
             socket.socket.shutdown(self.connection, socket.SHUT_WR)
         except OSError:
