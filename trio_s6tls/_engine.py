@@ -42,10 +42,11 @@ from ._handshake_info import Variables, handshake_variables
 from ._log import Log
 from ._memory_tls import MemoryTLS
 from ._records import RecordState
-from ._socket_tls import SocketTLS
+from ._socket_tls import RECORD_SIZE, SocketTLS
 from ._tlsconfig import TLSOptions
 
 CHUNK = 256 * 1024  # large reads: few Python round trips per record
+FIRST_BUFFER = 2 * RECORD_SIZE
 
 
 class TLSTransport(Protocol):
@@ -114,7 +115,9 @@ class _Tunnel:
     async def down(self) -> None:
         """Network → local (rules 3 and 4)."""
         tls = self.tls
-        buffer = bytearray(CHUNK)
+        # bytearray() zero-fills, so its pages are resident at once: an idle
+        # connection gets one record's worth, a busy one grows to CHUNK.
+        buffer = bytearray(FIRST_BUFFER)
         view = memoryview(buffer)
         with self.down_scope:
             while count := await tls.receive_into(buffer):
@@ -125,6 +128,9 @@ class _Tunnel:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.discarding = True
                     self._linger_if_over()
+                if count > len(buffer) - RECORD_SIZE and len(buffer) < CHUNK:
+                    buffer = bytearray(CHUNK)
+                    view = memoryview(buffer)
         if tls.close_notify_sent or self.discarding:
             return
         ending = tls.records.ending()

@@ -23,7 +23,7 @@ import trio
 
 from ._errors import EXIT_SYSTEM, Fatal, describe_os_error
 from ._records import attach
-from ._socket_tls import _RECORD, handshake_failure, read_failure
+from ._socket_tls import RECORD_SIZE, handshake_failure, read_failure
 
 RECEIVE_CHUNK = 256 * 1024
 
@@ -110,7 +110,7 @@ class MemoryTLS:
                 break
             self.records.data()
             filled += count
-            if len(view) - filled < _RECORD:
+            if len(view) - filled < RECORD_SIZE:
                 break
         await trio.lowlevel.checkpoint()
         return filled

@@ -24,7 +24,7 @@ import trio
 from ._errors import EXIT_SYSTEM, EXIT_TLS, Fatal, describe_os_error
 from ._records import attach
 
-_RECORD = 16384 + 256  # one TLS record's worth of plaintext, with slack
+RECORD_SIZE = 16384 + 256  # one TLS record's worth of plaintext, with slack
 _TCP_CLOSE = 7  # Linux tcp_info.tcpi_state after a reset
 
 
@@ -134,7 +134,7 @@ class SocketTLS:
                 break
             self.records.data()
             filled += count
-            if len(view) - filled < _RECORD:
+            if len(view) - filled < RECORD_SIZE:
                 break
         if not waited:
             await trio.lowlevel.checkpoint()
