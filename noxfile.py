@@ -16,7 +16,17 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("-e", ".[test]", "ruff", "mypy")
-    session.run("ruff", "check", "trio_s6tls", "tests", "bench", "examples", "noxfile.py")
+    targets = [
+        "trio_s6tls",
+        "tests",
+        "bench",
+        "examples",
+        "docs/conf.py",
+        "docs/tutorial_project",
+        "noxfile.py",
+    ]
+    session.run("ruff", "check", *targets)
+    session.run("ruff", "format", "--check", *targets)
     session.run("mypy", "--strict", "trio_s6tls")
 
 
@@ -32,4 +42,6 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     session.install("-e", ".[test]")
-    session.run("python", "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    session.run(
+        "python", "-m", "sphinx", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html"
+    )

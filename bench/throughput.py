@@ -51,13 +51,19 @@ class Pki:
         self.ca = directory / "ca.pem"
         self.server = directory / "server.pem"
         ca.cert_pem.write_to_path(str(self.ca))
-        ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(self.server))
+        ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+            str(self.server)
+        )
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ, CERTFILE=str(self.server), KEYFILE=str(self.server), CAFILE=str(self.ca))
+        return dict(
+            os.environ, CERTFILE=str(self.server), KEYFILE=str(self.server), CAFILE=str(self.ca)
+        )
 
 
-def spawn(argv: list[str], fds: dict[int, int], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], fds: dict[int, int], env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """``argv`` with child fds ``{target: ours}``; our other fds are CLOEXEC."""
     return subprocess.Popen(argv, preexec_fn=lambda: install_fds(fds), close_fds=False, env=env)
 
@@ -112,10 +118,14 @@ def run_stunnel(pki: Pki, size: int, up: bool, directory: Path) -> float:
     application, the server's the accepted socket, with ``exec`` for its
     application."""
     app = directory / "app.sh"  # execArgs splits on spaces, quotes or not
-    app.write_text("#!/bin/sh\n" + ("exec cat >/dev/null\n" if up else f"exec head -c {size} /dev/zero\n"))
+    app.write_text(
+        "#!/bin/sh\n" + ("exec cat >/dev/null\n" if up else f"exec head -c {size} /dev/zero\n")
+    )
     app.chmod(0o755)
     common = f"foreground = yes\npid =\nsyslog = no\ndebug = 0\nciphersuites = {CIPHER}\n"
-    (directory / "server.conf").write_text(common + f"cert = {pki.server}\nexec = {app}\nexecArgs = app.sh\n")
+    (directory / "server.conf").write_text(
+        common + f"cert = {pki.server}\nexec = {app}\nexecArgs = app.sh\n"
+    )
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         (directory / "client.conf").write_text(
@@ -135,7 +145,10 @@ def run_stunnel(pki: Pki, size: int, up: bool, directory: Path) -> float:
             os.close(keep_open_r)
         listener.settimeout(TIMEOUT)
         accepted, _ = listener.accept()
-    server = spawn(["stunnel4", str(directory / "server.conf")], {0: accepted.fileno(), 1: accepted.fileno(), 2: null})
+    server = spawn(
+        ["stunnel4", str(directory / "server.conf")],
+        {0: accepted.fileno(), 1: accepted.fileno(), 2: null},
+    )
     accepted.close()
     for fd in (app_r, app_w, null):
         os.close(fd)
@@ -170,13 +183,27 @@ def run_socat(pki: Pki, size: int, up: bool) -> float:
     null = os.open(os.devnull, os.O_RDWR)
     started = time.perf_counter()
     if up:
-        server = spawn(["socat", "-u", f"OPENSSL-LISTEN:{port},{tls}", "SYSTEM:exec cat >/dev/null"], {})
+        server = spawn(
+            ["socat", "-u", f"OPENSSL-LISTEN:{port},{tls}", "SYSTEM:exec cat >/dev/null"], {}
+        )
         wait_listening(port)
-        pipeline = spawn(["sh", "-c", f"head -c {size} /dev/zero | socat -u - OPENSSL:{client_tls}"], {0: null})
+        pipeline = spawn(
+            ["sh", "-c", f"head -c {size} /dev/zero | socat -u - OPENSSL:{client_tls}"], {0: null}
+        )
     else:
-        server = spawn(["socat", "-u", f"SYSTEM:exec head -c {size} /dev/zero", f"OPENSSL-LISTEN:{port},{tls}"], {})
+        server = spawn(
+            [
+                "socat",
+                "-u",
+                f"SYSTEM:exec head -c {size} /dev/zero",
+                f"OPENSSL-LISTEN:{port},{tls}",
+            ],
+            {},
+        )
         wait_listening(port)
-        pipeline = spawn(["sh", "-c", f"socat -u OPENSSL:{client_tls} - | cat >/dev/null"], {0: null})
+        pipeline = spawn(
+            ["sh", "-c", f"socat -u OPENSSL:{client_tls} - | cat >/dev/null"], {0: null}
+        )
     os.close(null)
     return finish([server, pipeline], started)
 
@@ -185,7 +212,10 @@ def openssl_ceiling() -> float:
     """MB/s of ``openssl speed -evp aes-256-gcm`` at 16 KiB (one core)."""
     out = subprocess.run(
         ["openssl", "speed", "-evp", "aes-256-gcm", "-bytes", "16384", "-seconds", "3"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     line = next(ln for ln in out.splitlines() if ln.lower().startswith("aes-256-gcm"))
     kilobytes = float(re.findall(r"([\d.]+)k", line)[-1])
@@ -201,7 +231,9 @@ def ensure_peers(install: bool) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", default="1G", help="bytes per run (suffix K, M, G)")
     parser.add_argument("--install", action="store_true", help="apt-get install missing peers")
     args = parser.parse_args()
@@ -230,7 +262,9 @@ def main() -> int:
             if peer != "trio_s6tls":
                 ratios = [rates["trio_s6tls", d] / rates[peer, d] for d in ("up", "down")]
                 print(f"ratio trio_s6tls/{peer}: up {ratios[0]:.2f}x, down {ratios[1]:.2f}x")
-        print(f"ceiling: openssl speed -evp aes-256-gcm, 16 KiB blocks: {openssl_ceiling():.0f} MB/s")
+        print(
+            f"ceiling: openssl speed -evp aes-256-gcm, 16 KiB blocks: {openssl_ceiling():.0f} MB/s"
+        )
     return 0
 
 

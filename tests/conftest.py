@@ -50,7 +50,10 @@ def spawn(
         for temporary in parked.values():
             os.close(temporary)
 
-    argv = [program(argv[0]) if "/" not in argv[0] and (BIN / argv[0]).exists() else argv[0], *argv[1:]]
+    argv = [
+        program(argv[0]) if "/" not in argv[0] and (BIN / argv[0]).exists() else argv[0],
+        *argv[1:],
+    ]
     return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
         argv,
         preexec_fn=arrange,

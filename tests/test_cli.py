@@ -41,7 +41,9 @@ def test_help_and_version(name: str) -> None:
 
 
 def test_python_dash_m_dispatches_and_rejects_unknown_programs() -> None:
-    assert run(sys.executable, "-m", "trio_s6tls", "s6-tlsd-io", "--version").stdout.startswith("s6-tlsd-io ")
+    assert run(sys.executable, "-m", "trio_s6tls", "s6-tlsd-io", "--version").stdout.startswith(
+        "s6-tlsd-io "
+    )
     unknown = run(sys.executable, "-m", "trio_s6tls", "s6-nothing")
     assert unknown.returncode == 100
     assert unknown.stderr.startswith("trio_s6tls: usage: unknown program")

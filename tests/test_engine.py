@@ -77,12 +77,22 @@ async def run_pair(
     client, server = Side(client_app), Side(server_app)
     env = pki.env()
 
-    async def engine(side: Side, net: trio.abc.HalfCloseableStream, local: trio.abc.HalfCloseableStream, server_side: bool, options: TLSOptions) -> None:
+    async def engine(
+        side: Side,
+        net: trio.abc.HalfCloseableStream,
+        local: trio.abc.HalfCloseableStream,
+        server_side: bool,
+        options: TLSOptions,
+    ) -> None:
         context = server_context(env, options) if server_side else client_context(env, options)
         tls = tls_over(net, context, server_side=server_side, server_hostname=options.servername)
         side.status.append(
             await run_engine(
-                tls, local, options, server_side=server_side, notify=side.variables.append,
+                tls,
+                local,
+                options,
+                server_side=server_side,
+                notify=side.variables.append,
                 log=Log("test", 0, side.messages),
             )
         )
@@ -102,7 +112,9 @@ async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
     return b"".join(chunks)
 
 
-async def request_reply(client: Side, server: Side, request: bytes = b"request", reply: bytes = b"reply" * 100000) -> None:
+async def request_reply(
+    client: Side, server: Side, request: bytes = b"request", reply: bytes = b"reply" * 100000
+) -> None:
     await client.app.send_all(request)
     await client.app.send_eof()
     assert await read_all(server.app) == request
@@ -112,7 +124,9 @@ async def request_reply(client: Side, server: Side, request: bytes = b"request",
 
 
 async def test_half_close_reply_still_arrives_and_both_exit_0(pki: Pki) -> None:
-    client, server = await run_pair(pki, TLSOptions(servername="localhost"), TLSOptions(), request_reply)
+    client, server = await run_pair(
+        pki, TLSOptions(servername="localhost"), TLSOptions(), request_reply
+    )
     assert client.status == server.status == [0]
     assert client.variables[0]["SSL_TLS_SNI_SERVERNAME"] == "localhost"
     assert server.variables[0]["SSL_TLS_SNI_SERVERNAME"] == "localhost"
@@ -120,10 +134,17 @@ async def test_half_close_reply_still_arrives_and_both_exit_0(pki: Pki) -> None:
 
 async def test_ragged_eof_is_fatal_only_with_enforce(pki: Pki) -> None:
     # -s on the client is a half-close without close_notify: ragged for -J
-    _client, server = await run_pair(pki, TLSOptions(), TLSOptions(enforce_close_notify=True), send_then_eof)
+    _client, server = await run_pair(
+        pki, TLSOptions(), TLSOptions(enforce_close_notify=True), send_then_eof
+    )
     assert server.status == [98]
-    assert server.messages.getvalue() == "test: fatal: peer closed the connection without a close_notify\n"
-    _client, server = await run_pair(pki, TLSOptions(), TLSOptions(enforce_close_notify=False), request_reply)
+    assert (
+        server.messages.getvalue()
+        == "test: fatal: peer closed the connection without a close_notify\n"
+    )
+    _client, server = await run_pair(
+        pki, TLSOptions(), TLSOptions(enforce_close_notify=False), request_reply
+    )
     assert server.status == [0]
 
 
@@ -152,7 +173,9 @@ async def test_eof_inside_a_record_is_always_fatal(pki: Pki) -> None:
 
     # The client's handshake flight is well under 4000 bytes; 4000 + 5 cuts
     # the first application record after its header.
-    _client, server = await run_pair(pki, TLSOptions(), TLSOptions(), big_send, cut_client_to_server=4000)
+    _client, server = await run_pair(
+        pki, TLSOptions(), TLSOptions(), big_send, cut_client_to_server=4000
+    )
     assert server.status == [98]
     assert "in the middle of a TLS record" in server.messages.getvalue()
 
@@ -169,7 +192,9 @@ async def test_handshake_timeout(pki: Pki) -> None:
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
 async def test_protocol_versions(pki: Pki, version: str) -> None:
-    client, server = await run_pair(pki, TLSOptions(max_version=version), TLSOptions(), request_reply)
+    client, server = await run_pair(
+        pki, TLSOptions(max_version=version), TLSOptions(), request_reply
+    )
     assert server.variables[0]["SSL_PROTOCOL"] == f"TLSv{version}"
     assert client.status == server.status == [0]
 
@@ -194,6 +219,8 @@ async def test_local_reader_gone_drains_for_a_bounded_time(pki: Pki) -> None:
             except trio.BrokenResourceError:
                 pass  # the client engine ended: the server closed after lingering
 
-    _client, server = await run_pair(pki, TLSOptions(), TLSOptions(), endless_peer, limit=LINGER_SECONDS + 5)
+    _client, server = await run_pair(
+        pki, TLSOptions(), TLSOptions(), endless_peer, limit=LINGER_SECONDS + 5
+    )
     assert server.status == [0]
     assert trio.current_time() - started[0] < LINGER_SECONDS + 2

@@ -48,7 +48,9 @@ def sni_env(pki: Pki) -> dict[str, str]:
     return env
 
 
-def served_names(pki: Pki, listener: socket.socket, args: list[str], env: dict[str, str], servername: str) -> tuple[list[str] | None, int]:
+def served_names(
+    pki: Pki, listener: socket.socket, args: list[str], env: dict[str, str], servername: str
+) -> tuple[list[str] | None, int]:
     """The DNS names of the certificate the server presented for
     ``servername`` (None if the handshake failed), and its exit code."""
     context = ssl.create_default_context(cafile=str(pki.ca_file))
@@ -60,7 +62,9 @@ def served_names(pki: Pki, listener: socket.socket, args: list[str], env: dict[s
         raw = socket.create_connection(listener.getsockname()[:2], timeout=TIMEOUT)
         try:
             with context.wrap_socket(raw, server_hostname=servername) as sock:
-                names = [value for kind, value in sock.getpeercert()["subjectAltName"] if kind == "DNS"]  # type: ignore[index, misc]
+                names = [
+                    value for kind, value in sock.getpeercert()["subjectAltName"] if kind == "DNS"
+                ]  # type: ignore[index, misc]
                 while sock.recv(1024):  # read to the end: closing with unread
                     pass  # session tickets would make the kernel send an RST
         except ssl.SSLError:
@@ -87,7 +91,14 @@ def served_names(pki: Pki, listener: socket.socket, args: list[str], env: dict[s
         ("2", "unknown.example.net", None),
     ],
 )
-def test_sni_levels(pki: Pki, listener: socket.socket, sni_env: dict[str, str], level: str, servername: str, expected: list[str] | None) -> None:
+def test_sni_levels(
+    pki: Pki,
+    listener: socket.socket,
+    sni_env: dict[str, str],
+    level: str,
+    servername: str,
+    expected: list[str] | None,
+) -> None:
     # -S: Python's default client context answers a bare FIN with an alert
     names, code = served_names(pki, listener, ["-S", "-k", level], sni_env, servername)
     assert names == expected
@@ -97,14 +108,19 @@ def test_sni_levels(pki: Pki, listener: socket.socket, sni_env: dict[str, str], 
 # -- client certificates ----------------------------------------------------------
 
 
-def test_mandatory_client_cert_refuses_a_client_without_one(pki: Pki, listener: socket.socket) -> None:
+def test_mandatory_client_cert_refuses_a_client_without_one(
+    pki: Pki, listener: socket.socket
+) -> None:
     port = listener.getsockname()[1]
     failures: list[Exception] = []
 
     def client() -> None:
         context = ssl.create_default_context(cafile=str(pki.ca_file))
         try:
-            with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT), server_hostname="localhost") as sock:
+            with context.wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT),
+                server_hostname="localhost",
+            ) as sock:
                 sock.recv(10)  # TLS 1.3: the refusal arrives after the client's Finished
         except (ssl.SSLError, OSError) as error:
             failures.append(error)
@@ -121,7 +137,9 @@ def test_mandatory_client_cert_refuses_a_client_without_one(pki: Pki, listener: 
 
 def test_mandatory_client_cert_with_one(pki: Pki, listener: socket.socket) -> None:
     notify_r, notify_w = os.pipe()
-    sock, engine = connect_and_serve(pki, listener, ["-y", "-d", "5"], extra={5: notify_w}, cert=True)
+    sock, engine = connect_and_serve(
+        pki, listener, ["-y", "-d", "5"], extra={5: notify_w}, cert=True
+    )
     os.close(notify_w)
     variables = decode_notification(read_all(notify_r))
     sock.close()
@@ -140,7 +158,11 @@ def run_with_socket(prog: str, args: list[str], env: dict[str, str]) -> tuple[in
     (configuration errors must be reported before any network I/O)."""
     ours, theirs = socket.socketpair()
     null = os.open(os.devnull, os.O_RDWR)
-    fds = {0: theirs.fileno(), 1: theirs.fileno(), 3: null, 4: null} if prog == "s6-tlsd-io" else {0: null, 1: null, 6: theirs.fileno(), 7: theirs.fileno()}
+    fds = (
+        {0: theirs.fileno(), 1: theirs.fileno(), 3: null, 4: null}
+        if prog == "s6-tlsd-io"
+        else {0: null, 1: null, 6: theirs.fileno(), 7: theirs.fileno()}
+    )
     operands = ["3", "4"] if prog == "s6-tlsd-io" else ["6", "7"]
     proc = spawn([prog, *args, *operands], fds, env)
     theirs.close()
@@ -163,7 +185,11 @@ def bad_files(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
     (directory / "garbage.pem").write_text("this is not a certificate\n")
     other = directory / "other.pem"
     pki.ca.issue_cert("localhost").private_key_pem.write_to_path(str(other))
-    return {"empty": str(directory / "empty"), "garbage": str(directory / "garbage.pem"), "other_key": str(other)}
+    return {
+        "empty": str(directory / "empty"),
+        "garbage": str(directory / "garbage.pem"),
+        "other_key": str(other),
+    }
 
 
 CASES = [
@@ -173,7 +199,14 @@ CASES = [
     ("s6-tlsd-io", [], {"-": "KEYFILE"}, 100, "fatal", "KEYFILE not set"),
     ("s6-tlsc-io", [], {"CADIR": "empty"}, 96, "fatal", "no trust anchor"),
     ("s6-tlsc-io", [], {"CAFILE": "garbage"}, 96, "fatal", "trust anchor"),
-    ("s6-tlsd-io", [], {"KEYFILE": "/nonexistent/key.pem"}, 96, "fatal", "unable to read private key file"),
+    (
+        "s6-tlsd-io",
+        [],
+        {"KEYFILE": "/nonexistent/key.pem"},
+        96,
+        "fatal",
+        "unable to read private key file",
+    ),
     ("s6-tlsd-io", [], {"KEYFILE": "other_key"}, 96, "fatal", "does not match"),
     ("s6-tlsd-io", [], {"TLS_UID": "nobody"}, 100, "fatal", "invalid TLS_UID"),
     ("s6-tlsc-io", [], {"TLS_GID": "-1"}, 100, "fatal", "invalid TLS_GID"),
@@ -183,7 +216,16 @@ CASES = [
 
 
 @pytest.mark.parametrize(("prog", "args", "change", "code", "kind", "fragment"), CASES)
-def test_error_exit_codes_and_messages(pki: Pki, bad_files: dict[str, str], prog: str, args: list[str], change: dict[str, str], code: int, kind: str, fragment: str) -> None:
+def test_error_exit_codes_and_messages(
+    pki: Pki,
+    bad_files: dict[str, str],
+    prog: str,
+    args: list[str],
+    change: dict[str, str],
+    code: int,
+    kind: str,
+    fragment: str,
+) -> None:
     env = pki.env()
     for name, value in change.items():
         if name == "-":
@@ -239,14 +281,20 @@ def test_peer_reset_mid_stream(pki: Pki, listener: socket.socket) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root (CI runs as root)")
-def test_tls_uid_gid_are_dropped_after_loading_the_keys(pki: Pki, listener: socket.socket, tmp_path: Path) -> None:
+def test_tls_uid_gid_are_dropped_after_loading_the_keys(
+    pki: Pki, listener: socket.socket, tmp_path: Path
+) -> None:
     private = tmp_path / "root-only.pem"
     private.write_bytes(pki.server_pem.read_bytes())
     private.chmod(0o600)  # readable by root only: it must be loaded before the drop
     env = pki.env(CERTFILE=str(private), KEYFILE=str(private), TLS_UID="65534", TLS_GID="65533")
     sock, engine = connect_and_serve(pki, listener, [], env)
     status = Path(f"/proc/{engine.proc.pid}/status").read_text()
-    ids = {line.split(":")[0]: line.split()[1:] for line in status.splitlines() if line.startswith(("Uid:", "Gid:", "Groups:"))}
+    ids = {
+        line.split(":")[0]: line.split()[1:]
+        for line in status.splitlines()
+        if line.startswith(("Uid:", "Gid:", "Groups:"))
+    }
     sock.close()
     os.close(engine.to_app)
     os.close(engine.from_app)
@@ -259,7 +307,9 @@ def test_tls_uid_gid_are_dropped_after_loading_the_keys(pki: Pki, listener: sock
 # -- protocol and cipher policy ----------------------------------------------------------
 
 
-def handshake_with(pki: Pki, listener: socket.socket, configure: Callable[[ssl.SSLContext], None]) -> tuple[bool, int, bytes]:
+def handshake_with(
+    pki: Pki, listener: socket.socket, configure: Callable[[ssl.SSLContext], None]
+) -> tuple[bool, int, bytes]:
     """Whether a client configured by ``configure`` completes a handshake
     with s6-tlsd-io, and the server's exit code and stderr."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -305,9 +355,18 @@ def forward_secret_aead(context: ssl.SSLContext) -> None:
 
 @pytest.mark.parametrize(
     ("configure", "refusal"),
-    [(old_protocol, "unsupported protocol"), (cbc_only, "no shared cipher"), (forward_secret_aead, None)],
+    [
+        (old_protocol, "unsupported protocol"),
+        (cbc_only, "no shared cipher"),
+        (forward_secret_aead, None),
+    ],
 )
-def test_server_protocol_and_cipher_policy(pki: Pki, listener: socket.socket, configure: Callable[[ssl.SSLContext], None], refusal: str | None) -> None:
+def test_server_protocol_and_cipher_policy(
+    pki: Pki,
+    listener: socket.socket,
+    configure: Callable[[ssl.SSLContext], None],
+    refusal: str | None,
+) -> None:
     completed, code, err = handshake_with(pki, listener, configure)
     assert completed is (refusal is None)
     if refusal is None:

@@ -99,19 +99,39 @@ class Engine:
         return self.proc.returncode, err
 
 
-def start_server(args: list[str], net_read: int, net_write: int, env: dict[str, str], extra: dict[int, int] | None = None) -> Engine:
+def start_server(
+    args: list[str],
+    net_read: int,
+    net_write: int,
+    env: dict[str, str],
+    extra: dict[int, int] | None = None,
+) -> Engine:
     local_in_r, local_in_w = os.pipe()
     local_out_r, local_out_w = os.pipe()
-    proc = spawn(["s6-tlsd-io", *args, "3", "4"], {0: net_read, 1: net_write, 3: local_in_r, 4: local_out_w, **(extra or {})}, env)
+    proc = spawn(
+        ["s6-tlsd-io", *args, "3", "4"],
+        {0: net_read, 1: net_write, 3: local_in_r, 4: local_out_w, **(extra or {})},
+        env,
+    )
     os.close(local_in_r)
     os.close(local_out_w)
     return Engine(proc, local_in_w, local_out_r)
 
 
-def start_client(args: list[str], net_read: int, net_write: int, env: dict[str, str], extra: dict[int, int] | None = None) -> Engine:
+def start_client(
+    args: list[str],
+    net_read: int,
+    net_write: int,
+    env: dict[str, str],
+    extra: dict[int, int] | None = None,
+) -> Engine:
     local_in_r, local_in_w = os.pipe()
     local_out_r, local_out_w = os.pipe()
-    proc = spawn(["s6-tlsc-io", *args, "6", "7"], {0: local_in_r, 1: local_out_w, 6: net_read, 7: net_write, **(extra or {})}, env)
+    proc = spawn(
+        ["s6-tlsc-io", *args, "6", "7"],
+        {0: local_in_r, 1: local_out_w, 6: net_read, 7: net_write, **(extra or {})},
+        env,
+    )
     os.close(local_in_r)
     os.close(local_out_w)
     return Engine(proc, local_in_w, local_out_r)
@@ -136,7 +156,13 @@ def network(request: pytest.FixtureRequest) -> Iterator[Network]:
         yield (s2c_r, c2s_w), (c2s_r, s2c_w)
 
 
-def start_pair(pki: Pki, network: Network, client_args: list[str], server_args: list[str], env: dict[str, str] | None = None) -> tuple[Engine, Engine]:
+def start_pair(
+    pki: Pki,
+    network: Network,
+    client_args: list[str],
+    server_args: list[str],
+    env: dict[str, str] | None = None,
+) -> tuple[Engine, Engine]:
     env = env or pki.env()
     (cr, cw), (sr, sw) = network
     server = start_server(server_args, sr, sw, env)
@@ -199,14 +225,32 @@ def accept_one(listener: socket.socket) -> socket.socket:
 def test_tlsd_io_with_openssl_s_client(pki: Pki) -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         s_client = subprocess.Popen(
-            ["openssl", "s_client", "-quiet", "-verify_return_error", "-CAfile", str(pki.ca_file),
-             "-servername", "localhost", "-connect", f"127.0.0.1:{listener.getsockname()[1]}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                "openssl",
+                "s_client",
+                "-quiet",
+                "-verify_return_error",
+                "-CAfile",
+                str(pki.ca_file),
+                "-servername",
+                "localhost",
+                "-connect",
+                f"127.0.0.1:{listener.getsockname()[1]}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         accepted = accept_one(listener)
     # -S: s_client wants a close_notify (a bare FIN makes it answer with an
     # alert, which the engine then rightly reports as a TLS error)
-    server = start_server(["-S", "-d", "5"], accepted.fileno(), accepted.fileno(), pki.env(), {5: (notify := os.pipe())[1]})
+    server = start_server(
+        ["-S", "-d", "5"],
+        accepted.fileno(),
+        accepted.fileno(),
+        pki.env(),
+        {5: (notify := os.pipe())[1]},
+    )
     os.close(notify[1])
     accepted.close()
     got = Sink(server.from_app, keep=True)
@@ -236,8 +280,20 @@ def openssl_port(s_server: subprocess.Popen[bytes]) -> int:
 
 def test_tlsc_io_with_openssl_s_server(pki: Pki) -> None:
     s_server = subprocess.Popen(
-        ["openssl", "s_server", "-rev", "-naccept", "1", "-accept", "127.0.0.1:0", "-cert", str(pki.server_pem)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            "openssl",
+            "s_server",
+            "-rev",
+            "-naccept",
+            "1",
+            "-accept",
+            "127.0.0.1:0",
+            "-cert",
+            str(pki.server_pem),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         assert s_server.stdout is not None
@@ -266,7 +322,9 @@ def read_all(fd: int) -> bytes:
 # -- close semantics seen by a peer -----------------------------------------------
 
 
-def tls_client(pki: Pki, port: int, *, cert: bool = False, servername: str | None = "localhost") -> ssl.SSLSocket:
+def tls_client(
+    pki: Pki, port: int, *, cert: bool = False, servername: str | None = "localhost"
+) -> ssl.SSLSocket:
     context = ssl.create_default_context(cafile=str(pki.ca_file))
     if servername is None:
         context.check_hostname = False
@@ -283,7 +341,12 @@ def listener() -> Iterator[socket.socket]:
         yield sock
 
 
-def serve_one(listener: socket.socket, args: list[str], env: dict[str, str], extra: dict[int, int] | None = None) -> Engine:
+def serve_one(
+    listener: socket.socket,
+    args: list[str],
+    env: dict[str, str],
+    extra: dict[int, int] | None = None,
+) -> Engine:
     """s6-tlsd-io on the next connection to ``listener``."""
     accepted = accept_one(listener)
     try:
@@ -311,7 +374,9 @@ def connect_and_serve(
 
 
 @pytest.mark.parametrize(("flag", "clean"), [("-S", True), ("-s", False)])
-def test_close_notify_is_sent_only_with_S(pki: Pki, listener: socket.socket, flag: str, clean: bool) -> None:
+def test_close_notify_is_sent_only_with_S(
+    pki: Pki, listener: socket.socket, flag: str, clean: bool
+) -> None:
     sock, server = connect_and_serve(pki, listener, [flag])
     Source(server.to_app, b"bye")
     assert sock.recv(100) == b"bye"
@@ -353,7 +418,9 @@ def test_ragged_eof_from_peer(pki: Pki, listener: socket.socket, flag: str, stat
     sock.close()
 
 
-def test_eof_in_the_middle_of_a_record_is_fatal_even_with_j(pki: Pki, listener: socket.socket) -> None:
+def test_eof_in_the_middle_of_a_record_is_fatal_even_with_j(
+    pki: Pki, listener: socket.socket
+) -> None:
     sock, server = connect_and_serve(pki, listener, ["-j"])
     raw = socket.socket(fileno=os.dup(sock.fileno()))
     raw.sendall(struct.pack("!BHH", 23, 0x0303, 1000) + b"\0" * 10)  # header + 10 of 1000 bytes
@@ -380,15 +447,22 @@ def test_handshake_timeout_against_a_silent_peer(pki: Pki, listener: socket.sock
 # -- notification, SNI, client certificates ----------------------------------------
 
 
-def test_notification_blocks_on_both_sides(pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+def test_notification_blocks_on_both_sides(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
     client_sock, server_sock = tcp_pair
     server_notify = os.pipe()
     client_notify = os.pipe()
     env = pki.env()
-    server = start_server(["-Y", "-d", "5"], server_sock.fileno(), server_sock.fileno(), env, {5: server_notify[1]})
+    server = start_server(
+        ["-Y", "-d", "5"], server_sock.fileno(), server_sock.fileno(), env, {5: server_notify[1]}
+    )
     client = start_client(
-        ["-y", "-k", "localhost", "-d", "5"], client_sock.fileno(), client_sock.fileno(),
-        pki.env(**pki.client_cert_env), {5: client_notify[1]},
+        ["-y", "-k", "localhost", "-d", "5"],
+        client_sock.fileno(),
+        client_sock.fileno(),
+        pki.env(**pki.client_cert_env),
+        {5: client_notify[1]},
     )
     os.close(server_notify[1])
     os.close(client_notify[1])

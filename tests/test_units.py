@@ -31,7 +31,9 @@ from trio_s6tls.programs import _options
 
 
 def test_bundled_attached_and_separate_arguments() -> None:
-    parsed = parse_options(["-SJy", "-v2", "-K", "5000", "-k", "host", "3", "4"], _options.CLIENT_TLS)
+    parsed = parse_options(
+        ["-SJy", "-v2", "-K", "5000", "-k", "host", "3", "4"], _options.CLIENT_TLS
+    )
     assert parsed.values == {
         "close_notify": True,
         "enforce_close_notify": True,
@@ -74,9 +76,16 @@ def test_help_and_version_flags() -> None:
 
 def test_notification_block_format() -> None:
     block = encode_notification(
-        {"SSL_PROTOCOL": "TLSv1.3", "SSL_CIPHER": "TLS_AES_256_GCM_SHA384", "SSL_TLS_SNI_SERVERNAME": None}
+        {
+            "SSL_PROTOCOL": "TLSv1.3",
+            "SSL_CIPHER": "TLS_AES_256_GCM_SHA384",
+            "SSL_TLS_SNI_SERVERNAME": None,
+        }
     )
-    assert block == b"SSL_PROTOCOL=TLSv1.3\0SSL_CIPHER=TLS_AES_256_GCM_SHA384\0SSL_TLS_SNI_SERVERNAME\0\0"
+    assert (
+        block
+        == b"SSL_PROTOCOL=TLSv1.3\0SSL_CIPHER=TLS_AES_256_GCM_SHA384\0SSL_TLS_SNI_SERVERNAME\0\0"
+    )
     assert decode_notification(block) == {
         "SSL_PROTOCOL": "TLSv1.3",
         "SSL_CIPHER": "TLS_AES_256_GCM_SHA384",
@@ -111,7 +120,9 @@ def _der_cert(cert: trustme.LeafCert) -> bytes:
 
 def test_subject_in_spec_order_with_escapes() -> None:
     ca = trustme.CA()
-    cert = ca.issue_cert("x.example", common_name="a,b=c+d", organization_name="O<1>", organization_unit_name="#u\\")
+    cert = ca.issue_cert(
+        "x.example", common_name="a,b=c+d", organization_name="O<1>", organization_unit_name="#u\\"
+    )
     subject = _der.certificate_subject(_der_cert(cert))
     assert subject == "O=O\\<1\\>, OU=\\#u\\\\, CN=a\\,b\\=c\\+d"
 
@@ -139,7 +150,14 @@ def test_der_key_labels(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "valid"),
-    [("example.com", True), ("*.example.com", True), ("*.com", False), ("a.*.com", False), ("*", False), ("a..b", False)],
+    [
+        ("example.com", True),
+        ("*.example.com", True),
+        ("*.com", False),
+        ("a.*.com", False),
+        ("*", False),
+        ("a..b", False),
+    ],
 )
 def test_valid_sni_names(name: str, valid: bool) -> None:
     assert valid_sni_name(name) is valid
@@ -185,9 +203,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
     key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
     paths["key_der"].write_bytes(
-        key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
-    paths["garbage"].write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    paths["garbage"].write_text(
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"
+    )
     cadir = directory / "cadir"
     cadir.mkdir()
     (cadir / "README").write_text("not a certificate\n")
@@ -198,7 +222,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_server_context_from_der_files(files: dict[str, str]) -> None:
-    context = server_context({"CERTFILE": files["cert_der"], "KEYFILE": files["key_der"]}, TLSOptions())
+    context = server_context(
+        {"CERTFILE": files["cert_der"], "KEYFILE": files["key_der"]}, TLSOptions()
+    )
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     names = {c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"}
     assert names and all(n.startswith("ECDHE") and ("GCM" in n or "CHACHA" in n) for n in names)
@@ -218,7 +244,9 @@ def test_cadir_with_arbitrary_names_and_der(files: dict[str, str]) -> None:
         ({"CAFILE": "/nonexistent/ca.pem"}, EXIT_CONFIG, "unable to read"),
     ],
 )
-def test_client_configuration_errors(files: dict[str, str], env: dict[str, str], code: int, fragment: str) -> None:
+def test_client_configuration_errors(
+    files: dict[str, str], env: dict[str, str], code: int, fragment: str
+) -> None:
     env = {k: files.get(v.lower(), v) for k, v in env.items()}
     with pytest.raises(Fatal) as caught:
         client_context(env, TLSOptions())
@@ -232,12 +260,32 @@ def test_client_configuration_errors(files: dict[str, str], env: dict[str, str],
         ({}, TLSOptions(), EXIT_USAGE, "CERTFILE not set"),
         ({"CERTFILE": "cert"}, TLSOptions(), EXIT_USAGE, "KEYFILE not set"),
         ({"CERTFILE": "cert", "KEYFILE": "other_key"}, TLSOptions(), EXIT_CONFIG, "does not match"),
-        ({"CERTFILE": "cert", "KEYFILE": "/nonexistent"}, TLSOptions(), EXIT_CONFIG, "unable to read"),
-        ({"CERTFILE": "garbage", "KEYFILE": "key"}, TLSOptions(), EXIT_CONFIG, "unable to load keypair"),
+        (
+            {"CERTFILE": "cert", "KEYFILE": "/nonexistent"},
+            TLSOptions(),
+            EXIT_CONFIG,
+            "unable to read",
+        ),
+        (
+            {"CERTFILE": "garbage", "KEYFILE": "key"},
+            TLSOptions(),
+            EXIT_CONFIG,
+            "unable to load keypair",
+        ),
         ({"KEYFILE:a.example": "key"}, TLSOptions(sni_level=2), EXIT_CONFIG, "CERTFILE:a.example"),
-        ({"KEYFILE:*.com": "key", "CERTFILE:*.com": "cert"}, TLSOptions(sni_level=1), EXIT_CONFIG, "invalid SNI"),
+        (
+            {"KEYFILE:*.com": "key", "CERTFILE:*.com": "cert"},
+            TLSOptions(sni_level=1),
+            EXIT_CONFIG,
+            "invalid SNI",
+        ),
         ({}, TLSOptions(sni_level=2), EXIT_CONFIG, "no keypair found"),
-        ({"CERTFILE": "cert", "KEYFILE": "key"}, TLSOptions(client_cert=2), EXIT_USAGE, "CADIR or CAFILE"),
+        (
+            {"CERTFILE": "cert", "KEYFILE": "key"},
+            TLSOptions(client_cert=2),
+            EXIT_USAGE,
+            "CADIR or CAFILE",
+        ),
     ],
 )
 def test_server_configuration_errors(
@@ -259,5 +307,19 @@ def test_identity_parsing() -> None:
 
 
 def test_tls_variables_for_env_cleaning() -> None:
-    assert all(map(is_tls_variable, ["CADIR", "CAFILE", "CERTFILE", "KEYFILE", "TLS_UID", "TLS_GID", "KEYFILE:x", "CERTFILE:x"]))
+    assert all(
+        map(
+            is_tls_variable,
+            [
+                "CADIR",
+                "CAFILE",
+                "CERTFILE",
+                "KEYFILE",
+                "TLS_UID",
+                "TLS_GID",
+                "KEYFILE:x",
+                "CERTFILE:x",
+            ],
+        )
+    )
     assert not any(map(is_tls_variable, ["PROTO", "TCPREMOTEIP", "SSL_CIPHER", "KEYFILES"]))

@@ -51,6 +51,12 @@ _EXPORTS = {
     "install_fds": "_exec",
     "TcpClientOptions": "_tcpclient",
     "open_connection": "_tcpclient",
+    "serve": "_server",
+    "Server": "_server",
+    "ServerConfig": "_server",
+    "ConnectionRecord": "_server",
+    "bind": "_server",
+    "listener_from": "_server",
 }
 
 if TYPE_CHECKING:
@@ -81,6 +87,12 @@ if TYPE_CHECKING:
     from ._handshake_info import encode_notification as encode_notification
     from ._handshake_info import handshake_variables as handshake_variables
     from ._log import Log as Log
+    from ._server import ConnectionRecord as ConnectionRecord
+    from ._server import Server as Server
+    from ._server import ServerConfig as ServerConfig
+    from ._server import bind as bind
+    from ._server import listener_from as listener_from
+    from ._server import serve as serve
     from ._tcpclient import TcpClientOptions as TcpClientOptions
     from ._tcpclient import open_connection as open_connection
     from ._tlsconfig import TLSOptions as TLSOptions

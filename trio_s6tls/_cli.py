@@ -65,9 +65,7 @@ class Parsed:
 def parse_options(argv: Sequence[str], options: Sequence[Opt]) -> Parsed:
     """POSIX getopt: stop at the first operand or ``--``; later options win."""
     shortspec = "".join(o.short + (":" if o.parse else "") for o in options if o.short)
-    longspec = ["help", "version"] + [
-        o.long + ("=" if o.parse else "") for o in options if o.long
-    ]
+    longspec = ["help", "version"] + [o.long + ("=" if o.parse else "") for o in options if o.long]
     try:
         pairs, operands = getopt.getopt(list(argv), shortspec, longspec)
     except getopt.GetoptError as error:

@@ -67,7 +67,11 @@ def main(argv: list[str]) -> int:
         s_note_r, s_note_w = os.pipe()
         c_note_r, c_note_w = os.pipe()
         sfd, cfd = server_sock.fileno(), client_sock.fileno()
-        server = _engine(["s6-tlsd-io", "-d", "5", "3", "4"], env, {0: sfd, 1: sfd, 3: s_in_r, 4: s_out_w, 5: s_note_w})
+        server = _engine(
+            ["s6-tlsd-io", "-d", "5", "3", "4"],
+            env,
+            {0: sfd, 1: sfd, 3: s_in_r, 4: s_out_w, 5: s_note_w},
+        )
         client = _engine(
             ["s6-tlsc-io", "-k", "localhost", "-d", "5", "6", "7"],
             env,

@@ -125,6 +125,4 @@ def certificate_subject(der: bytes) -> str:
             name = _SUBJECT_ORDER.get(_oid_text(oid)) if oid_tag == OID else None
             if name is not None:
                 found[name].append(_escape(_string_value(value_tag, value)))
-    return ", ".join(
-        f"{name}={value}" for name in _SUBJECT_ORDER.values() for value in found[name]
-    )
+    return ", ".join(f"{name}={value}" for name in _SUBJECT_ORDER.values() for value in found[name])

@@ -98,7 +98,9 @@ LINGER_SECONDS = 2.0  # bounded drain before closing when nobody reads locally
 class _Tunnel:
     """The two pumps of one tunnel and the little they share."""
 
-    def __init__(self, tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions) -> None:
+    def __init__(
+        self, tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions
+    ) -> None:
         self.tls = tls
         self.local = local
         self.options = options
@@ -194,10 +196,14 @@ async def establish(
             raise Fatal(EXIT_TLS, f"handshake timed out after {options.handshake_timeout_ms} ms")
     else:
         await tls.handshake()
-    return handshake_variables(tls.connection, server_side=server_side, resumed_flag=report_resumption)
+    return handshake_variables(
+        tls.connection, server_side=server_side, resumed_flag=report_resumption
+    )
 
 
-async def tunnel(tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions) -> None:
+async def tunnel(
+    tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions
+) -> None:
     """Move data both ways after the handshake until neither direction can
     carry more (rules 2–6 above). Raises the first :class:`Fatal`; does not
     close ``tls`` or ``local``."""

@@ -75,12 +75,16 @@ def run_io(
         local = FdPairStream(plan.local_read, plan.local_write)
         try:
             try:
-                tls = tls_over(network, context, server_side=server_side, server_hostname=server_hostname)
+                tls = tls_over(
+                    network, context, server_side=server_side, server_hostname=server_hostname
+                )
             except (ssl.SSLError, ValueError, OSError) as error:
                 await local.aclose()
                 log.fatal(f"unable to set up the TLS engine: {error}")
                 return EXIT_ENGINE
-            return await run_engine(tls, local, options, server_side=server_side, notify=notify, log=log)
+            return await run_engine(
+                tls, local, options, server_side=server_side, notify=notify, log=log
+            )
         finally:
             for fd in spare_fds:
                 os.close(fd)

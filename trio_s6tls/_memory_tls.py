@@ -67,7 +67,9 @@ class MemoryTLS:
         except trio.BrokenResourceError as error:
             cause = error.__cause__
             if isinstance(cause, OSError):
-                raise Fatal(EXIT_SYSTEM, f"unable to read from network: {describe_os_error(cause)}") from None
+                raise Fatal(
+                    EXIT_SYSTEM, f"unable to read from network: {describe_os_error(cause)}"
+                ) from None
             raise Fatal(EXIT_SYSTEM, f"unable to read from network: {error}") from None
         if data:
             self._incoming.write(data)

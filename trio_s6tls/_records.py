@@ -51,7 +51,9 @@ class RecordState:
         return "truncated" if self.partial else "ragged"
 
 
-def _observe(conn: Any, direction: str, _version: int, content_type: int, _msg_type: int, data: bytes) -> None:
+def _observe(
+    conn: Any, direction: str, _version: int, content_type: int, _msg_type: int, data: bytes
+) -> None:
     if direction != "read":
         return
     state = getattr(conn, "s6_records", None)

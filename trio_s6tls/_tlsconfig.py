@@ -65,7 +65,9 @@ def _read(path: str, what: str) -> bytes:
         with open(path, "rb") as file:
             return file.read()
     except OSError as error:
-        raise Fatal(EXIT_CONFIG, f"unable to read {what} {path}: {describe_os_error(error)}") from None
+        raise Fatal(
+            EXIT_CONFIG, f"unable to read {what} {path}: {describe_os_error(error)}"
+        ) from None
 
 
 def _pem(label: str, der: bytes) -> str:
@@ -111,9 +113,10 @@ def _no_password() -> bytes:
 def load_keypair(context: ssl.SSLContext, certfile: str, keyfile: str) -> None:
     cert_data = _read(certfile, "certificate file")
     key_data = _read(keyfile, "private key file")
-    with _as_pem_path(certfile, cert_data, "CERTIFICATE") as cert_path, _as_pem_path(
-        keyfile, key_data, None
-    ) as key_path:
+    with (
+        _as_pem_path(certfile, cert_data, "CERTIFICATE") as cert_path,
+        _as_pem_path(keyfile, key_data, None) as key_path,
+    ):
         try:
             context.load_cert_chain(cert_path, key_path, password=_no_password)
         except ssl.SSLError as error:
@@ -122,7 +125,8 @@ def load_keypair(context: ssl.SSLContext, certfile: str, keyfile: str) -> None:
                     EXIT_CONFIG, f"private key {keyfile} does not match certificate {certfile}"
                 ) from None
             raise Fatal(
-                EXIT_CONFIG, f"unable to load keypair {certfile} / {keyfile}: {error.reason or error}"
+                EXIT_CONFIG,
+                f"unable to load keypair {certfile} / {keyfile}: {error.reason or error}",
             ) from None
 
 
@@ -141,7 +145,9 @@ def load_trust_anchors(context: ssl.SSLContext, env: Mapping[str, str]) -> None:
         try:
             names = sorted(os.listdir(cadir))
         except OSError as error:
-            raise Fatal(EXIT_CONFIG, f"unable to read CADIR {cadir}: {describe_os_error(error)}") from None
+            raise Fatal(
+                EXIT_CONFIG, f"unable to read CADIR {cadir}: {describe_os_error(error)}"
+            ) from None
         for name in names:
             path = os.path.join(cadir, name)
             if not os.path.isfile(path):
@@ -159,7 +165,9 @@ def load_trust_anchors(context: ssl.SSLContext, env: Mapping[str, str]) -> None:
     try:
         _load_anchor_bytes(context, _read(cafile, "CAFILE"))
     except ssl.SSLError as error:
-        raise Fatal(EXIT_CONFIG, f"unable to load trust anchors from {cafile}: {error.reason or error}") from None
+        raise Fatal(
+            EXIT_CONFIG, f"unable to load trust anchors from {cafile}: {error.reason or error}"
+        ) from None
     if not context.cert_store_stats()["x509"]:
         raise Fatal(EXIT_CONFIG, f"no trust anchor found in CAFILE {cafile}")
 
@@ -184,7 +192,9 @@ def _base_context(purpose: int, options: TLSOptions, env: Mapping[str, str]) -> 
         try:
             context.keylog_filename = keylog
         except OSError as error:
-            raise Fatal(EXIT_SYSTEM, f"unable to open SSLKEYLOGFILE {keylog}: {describe_os_error(error)}") from None
+            raise Fatal(
+                EXIT_SYSTEM, f"unable to open SSLKEYLOGFILE {keylog}: {describe_os_error(error)}"
+            ) from None
     watch_records(context)
     return context
 

@@ -114,8 +114,17 @@ or bad environment; 111 system call failed.
 def tls_option_values(values: dict[str, Any]) -> dict[str, Any]:
     """The subset of parsed values that are :class:`TLSOptions` fields."""
     fields = {
-        "close_notify", "enforce_close_notify", "client_cert", "verbosity",
-        "handshake_timeout_ms", "servername", "sni_level", "verify", "alpn",
-        "ciphers", "min_version", "max_version",
+        "close_notify",
+        "enforce_close_notify",
+        "client_cert",
+        "verbosity",
+        "handshake_timeout_ms",
+        "servername",
+        "sni_level",
+        "verify",
+        "alpn",
+        "ciphers",
+        "min_version",
+        "max_version",
     }
     return {k: v for k, v in values.items() if k in fields}
