@@ -727,6 +727,42 @@ def configure_resumption(context: ssl.SSLContext, enabled: bool) -> ssl.SSLConte
     return context
 
 
+def config_from_settings(
+    settings: Mapping[str, Any],
+    *,
+    context: ssl.SSLContext | None,
+    base_env: dict[str, str],
+    log: Log,
+) -> ServerConfig:
+    """The :class:`ServerConfig` a parsed s6-tlsserver / s6-tcpserver command
+    line describes (``settings`` from ``programs.tcpserver.server_settings``,
+    plus ``programs.tlsserver.tls_server_settings``' TLS parts)."""
+    tls_options: TLSOptions | None = settings.get("tls_options")
+    return ServerConfig(
+        argv=list(settings["argv"]),
+        context=context,
+        tls_options=tls_options or TLSOptions(verbosity=settings["verbosity"]),
+        base_env=base_env,
+        max_conn=settings["max_conn"],
+        max_per_ip=settings["max_per_ip"],
+        rules_dir=settings["rules_dir"],
+        access_timeout_ms=settings["access_timeout_ms"],
+        proxy=settings["proxy"],
+        banner=settings["banner"],
+        remote_lookup=settings["remote_lookup"],
+        paranoid=settings["paranoid"],
+        local_name=settings["local_name"],
+        warn_lookup_failure=settings["warn_lookup_failure"],
+        nodelay=settings["nodelay"],
+        uid=settings["uid"],
+        gid=settings["gid"],
+        groups=settings["groups"],
+        keep_env=bool(settings.get("keep_env", False)),
+        report_resumption=bool(settings.get("resumption", False)),
+        log=log,
+    )
+
+
 def launch_program(name: str, settings: Mapping[str, Any]) -> int:
     """Everything s6-tcpserver / s6-tlsserver do after parsing options:
     load the TLS context (errors before any network I/O), bind, drop to
@@ -752,29 +788,7 @@ def launch_program(name: str, settings: Mapping[str, Any]) -> int:
     rules_dir = settings["rules_dir"]
     if rules_dir is not None and not os.path.isdir(rules_dir):
         raise Fatal(EXIT_SYSTEM, f"unable to read rules directory {rules_dir}")
-    config = ServerConfig(
-        argv=list(settings["argv"]),
-        context=context,
-        tls_options=tls_options or TLSOptions(verbosity=settings["verbosity"]),
-        base_env=env,
-        max_conn=settings["max_conn"],
-        max_per_ip=settings["max_per_ip"],
-        rules_dir=rules_dir,
-        access_timeout_ms=settings["access_timeout_ms"],
-        proxy=settings["proxy"],
-        banner=settings["banner"],
-        remote_lookup=settings["remote_lookup"],
-        paranoid=settings["paranoid"],
-        local_name=settings["local_name"],
-        warn_lookup_failure=settings["warn_lookup_failure"],
-        nodelay=settings["nodelay"],
-        uid=settings["uid"],
-        gid=settings["gid"],
-        groups=settings["groups"],
-        keep_env=bool(settings.get("keep_env", False)),
-        report_resumption=resumption,
-        log=log,
-    )
+    config = config_from_settings(settings, context=context, base_env=env, log=log)
     workers = settings["workers"]
     backlog = settings["backlog"] if settings["backlog"] is not None else socket.SOMAXCONN
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)

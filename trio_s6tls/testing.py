@@ -288,51 +288,29 @@ def _server_config(
     (``--workers`` above 1). Also returns the ``-b`` backlog."""
     from ._cli import parse_options
     from ._log import Log
-    from .programs import _options, tcpserver, tlsserver
+    from .programs import tcpserver, tlsserver
 
     table = tlsserver.OPTIONS if tls else tcpserver.OPTIONS
     try:
         parsed = parse_options([*server_options, host, "0", *argv], table)
         if parsed.operands[2:] != argv:
             raise ValueError(f"{list(server_options)!r}: not all options")
-        settings = tcpserver.server_settings(parsed, tls=tls)
+        settings = (
+            tlsserver.tls_server_settings(parsed)
+            if tls
+            else tcpserver.server_settings(parsed, tls=False)
+        )
         if settings["workers"] != 1:
             raise ValueError("--workers is not available in process")
         context = None
-        tls_options = TLSOptions(verbosity=settings["verbosity"])
-        resumption = bool(parsed.values.get("resumption", False))
         if tls:
-            tls_values = _options.tls_option_values(parsed.values)
-            tls_values["verbosity"] = settings["verbosity"]
-            tls_options = TLSOptions(**tls_values)
             context = _server.configure_resumption(
-                server_context(base_env, tls_options), resumption
+                server_context(base_env, settings["tls_options"]), settings["resumption"]
             )
     except Fatal as error:
         raise ValueError(f"{list(server_options)!r}: {error.message}") from None
-    config = _server.ServerConfig(
-        argv=argv,
-        context=context,
-        tls_options=tls_options,
-        base_env=base_env,
-        max_conn=settings["max_conn"],
-        max_per_ip=settings["max_per_ip"],
-        rules_dir=settings["rules_dir"],
-        access_timeout_ms=settings["access_timeout_ms"],
-        proxy=settings["proxy"],
-        banner=settings["banner"],
-        remote_lookup=settings["remote_lookup"],
-        paranoid=settings["paranoid"],
-        local_name=settings["local_name"],
-        warn_lookup_failure=settings["warn_lookup_failure"],
-        nodelay=settings["nodelay"],
-        uid=settings["uid"],
-        gid=settings["gid"],
-        groups=settings["groups"],
-        keep_env=bool(parsed.values.get("keep_env", False)),
-        report_resumption=resumption,
-        log=Log("s6-tlsserver" if tls else "s6-tcpserver", settings["verbosity"]),
-    )
+    log = Log("s6-tlsserver" if tls else "s6-tcpserver", settings["verbosity"])
+    config = _server.config_from_settings(settings, context=context, base_env=base_env, log=log)
     return config, settings["backlog"]
 
 

@@ -10,6 +10,10 @@ from collections.abc import Sequence
 from .._cli import Opt, Parsed, Program
 from . import _options, tcpserver
 
+TYPE_CHECKING = False  # importing typing would slow down --version
+if TYPE_CHECKING:
+    from typing import Any
+
 # s6-tlsserver's -v is the TCP verbosity flag, not -v N: keep the engines'
 # meaning under --verbosity only.
 _TLS = [o for o in _options.SERVER_TLS if o.short != "v"]
@@ -62,9 +66,10 @@ PROGRAM = Program(
 )
 
 
-def run(parsed: Parsed) -> int:
+def tls_server_settings(parsed: Parsed) -> dict[str, Any]:
+    """:func:`tcpserver.server_settings` plus the TLS parts: the options,
+    ``-Z`` and ``--resumption``."""
     settings = tcpserver.server_settings(parsed, tls=True)
-    from .._server import launch_program
     from .._tlsconfig import TLSOptions
 
     tls_values = _options.tls_option_values(parsed.values)
@@ -72,6 +77,13 @@ def run(parsed: Parsed) -> int:
     settings["tls_options"] = TLSOptions(**tls_values)
     settings["keep_env"] = bool(parsed.values.get("keep_env", False))
     settings["resumption"] = bool(parsed.values.get("resumption", False))
+    return settings
+
+
+def run(parsed: Parsed) -> int:
+    settings = tls_server_settings(parsed)
+    from .._server import launch_program
+
     return launch_program(PROGRAM.name, settings)
 
 
