@@ -52,6 +52,16 @@ SERVER_TLS = COMMON + [
 
 NOTIFY = [Opt("d", "notify-fd", "notify_fd", parse=uint)]
 
+KEEP_ENV_HELP = """\
+  -Z, --keep                    keep CADIR, CAFILE, CERTFILE, KEYFILE, ... in prog's env
+  -z, --no-keep                 remove them from prog's environment (default)
+"""
+
+NETWORK_FDS_HELP = """\
+  -6 FD                         read network data from FD (default 6)
+  -7 FD                         write network data to FD (default 7)
+"""
+
 KEEP_ENV = [
     Opt("Z", "keep", "keep_env", True),
     Opt("z", "no-keep", "keep_env", False),

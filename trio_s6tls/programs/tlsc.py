@@ -9,16 +9,6 @@ from .._cli import Opt, Parsed, Program, uint
 from .._errors import UsageError
 from . import _options
 
-KEEP_ENV_HELP = """\
-  -Z, --keep                    keep CADIR, CAFILE, CERTFILE, KEYFILE, ... in prog's env
-  -z, --no-keep                 remove them from prog's environment (default)
-"""
-
-NETWORK_FDS_HELP = """\
-  -6 FD                         read network data from FD (default 6)
-  -7 FD                         write network data to FD (default 7)
-"""
-
 PROGRAM = Program(
     "s6-tlsc",
     "s6-tlsc [ -S | -s ] [ -J | -j ] [ -Y | -y ] [ -v verbosity ] [ -K timeout ] "
@@ -28,8 +18,8 @@ PROGRAM = Program(
     "to the TLS tunnel, and the SSL_* variables of the handshake in its\n"
     "environment. prog never starts if the handshake fails.\n\n"
     + _options.CLIENT_TLS_HELP
-    + KEEP_ENV_HELP
-    + NETWORK_FDS_HELP
+    + _options.KEEP_ENV_HELP
+    + _options.NETWORK_FDS_HELP
     + "\n"
     + _options.ENV_HELP_CLIENT
     + "\n"

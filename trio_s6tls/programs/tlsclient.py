@@ -10,11 +10,6 @@ from .._cli import Parsed, Program
 from . import _options
 from .tcpclient import TCP_HELP, TCP_OPTIONS, TCP_USAGE, split_operands, tcp_options
 
-KEEP_ENV_HELP = """\
-  -Z, --keep                    keep CADIR, CAFILE, CERTFILE, KEYFILE, ... in prog's env
-  -z, --no-keep                 remove them from prog's environment (default)
-"""
-
 # s6-tlsclient spells TLS verbosity -q/-Q/-v (flags), so the engine's -v N goes.
 TLS_OPTIONS = [opt for opt in _options.CLIENT_TLS if opt.short != "v"]
 
@@ -35,7 +30,7 @@ PROGRAM = Program(
         if not line.lstrip().startswith("-v,")
     )
     + "\n"
-    + KEEP_ENV_HELP
+    + _options.KEEP_ENV_HELP
     + "\n"
     + _options.ENV_HELP_CLIENT
     + "\n"

@@ -9,11 +9,6 @@ from .._cli import Parsed, Program
 from .._errors import UsageError
 from . import _options
 
-KEEP_ENV_HELP = """\
-  -Z, --keep                    keep CADIR, CAFILE, CERTFILE, KEYFILE, ... in prog's env
-  -z, --no-keep                 remove them from prog's environment (default)
-"""
-
 PROGRAM = Program(
     "s6-tlsd",
     "s6-tlsd [ -S | -s ] [ -J | -j ] [ -Y | -y ] [ -v verbosity ] [ -K timeout ] "
@@ -23,7 +18,7 @@ PROGRAM = Program(
     "tunnel, and the SSL_* variables of the handshake in its environment. prog\n"
     "never starts if the handshake fails.\n\n"
     + _options.SERVER_TLS_HELP
-    + KEEP_ENV_HELP
+    + _options.KEEP_ENV_HELP
     + "\n"
     + _options.ENV_HELP_SERVER
     + "\n"

@@ -10,13 +10,6 @@ from .._cli import Opt, Parsed, Program, uint
 from .._errors import UsageError
 from . import _options
 
-KEEP_ENV_HELP = """\
-  -Z, --keep                    keep CADIR, CAFILE, CERTFILE, KEYFILE, ... in prog's env
-  -z, --no-keep                 remove them from prog's environment (default)
-  -6 FD                         the network is read from FD (default 6)
-  -7 FD                         the network is written to FD (default 7)
-"""
-
 PROGRAM = Program(
     "s6-ucspitlsc",
     "s6-ucspitlsc [ -S | -s ] [ -J | -j ] [ -Y | -y ] [ -v verbosity ] [ -K timeout ] "
@@ -28,7 +21,8 @@ PROGRAM = Program(
     "network and prog then talks cleartext to SSLREADFD/SSLWRITEFD. Closing\n"
     "SSLCTLFD declines TLS. -v 2 logs accepted/declined.\n\n"
     + _options.CLIENT_TLS_HELP
-    + KEEP_ENV_HELP
+    + _options.KEEP_ENV_HELP
+    + _options.NETWORK_FDS_HELP
     + "\n"
     + _options.ENV_HELP_CLIENT
     + "\n"

@@ -10,11 +10,6 @@ from .._cli import Parsed, Program
 from .._errors import UsageError
 from . import _options
 
-KEEP_ENV_HELP = """\
-  -Z, --keep                    keep CADIR, CAFILE, CERTFILE, KEYFILE, ... in prog's env
-  -z, --no-keep                 remove them from prog's environment (default)
-"""
-
 PROGRAM = Program(
     "s6-ucspitlsd",
     "s6-ucspitlsd [ -S | -s ] [ -J | -j ] [ -Y | -y ] [ -v verbosity ] [ -K timeout ] "
@@ -26,7 +21,7 @@ PROGRAM = Program(
     "network and prog then talks cleartext to SSLREADFD/SSLWRITEFD. Closing\n"
     "SSLCTLFD declines TLS. -v 2 logs accepted/declined.\n\n"
     + _options.SERVER_TLS_HELP
-    + KEEP_ENV_HELP
+    + _options.KEEP_ENV_HELP
     + "\n"
     + _options.ENV_HELP_SERVER
     + "\n"
