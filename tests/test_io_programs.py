@@ -99,6 +99,28 @@ class Engine:
         return self.proc.returncode, err
 
 
+def start_engine(
+    prog: str,
+    args: list[str],
+    net_read: int,
+    net_write: int,
+    env: dict[str, str],
+    extra: dict[int, int] | None = None,
+) -> Engine:
+    """s6-tlsd-io (network on 0/1, local on 3/4) or s6-tlsc-io (local on 0/1,
+    network on 6/7), with our pipes as its local side."""
+    local_in_r, local_in_w = os.pipe()
+    local_out_r, local_out_w = os.pipe()
+    if prog == "s6-tlsd-io":
+        operands, fds = ["3", "4"], {0: net_read, 1: net_write, 3: local_in_r, 4: local_out_w}
+    else:
+        operands, fds = ["6", "7"], {0: local_in_r, 1: local_out_w, 6: net_read, 7: net_write}
+    proc = spawn([prog, *args, *operands], {**fds, **(extra or {})}, env)
+    os.close(local_in_r)
+    os.close(local_out_w)
+    return Engine(proc, local_in_w, local_out_r)
+
+
 def start_server(
     args: list[str],
     net_read: int,
@@ -106,16 +128,7 @@ def start_server(
     env: dict[str, str],
     extra: dict[int, int] | None = None,
 ) -> Engine:
-    local_in_r, local_in_w = os.pipe()
-    local_out_r, local_out_w = os.pipe()
-    proc = spawn(
-        ["s6-tlsd-io", *args, "3", "4"],
-        {0: net_read, 1: net_write, 3: local_in_r, 4: local_out_w, **(extra or {})},
-        env,
-    )
-    os.close(local_in_r)
-    os.close(local_out_w)
-    return Engine(proc, local_in_w, local_out_r)
+    return start_engine("s6-tlsd-io", args, net_read, net_write, env, extra)
 
 
 def start_client(
@@ -125,16 +138,7 @@ def start_client(
     env: dict[str, str],
     extra: dict[int, int] | None = None,
 ) -> Engine:
-    local_in_r, local_in_w = os.pipe()
-    local_out_r, local_out_w = os.pipe()
-    proc = spawn(
-        ["s6-tlsc-io", *args, "6", "7"],
-        {0: local_in_r, 1: local_out_w, 6: net_read, 7: net_write, **(extra or {})},
-        env,
-    )
-    os.close(local_in_r)
-    os.close(local_out_w)
-    return Engine(proc, local_in_w, local_out_r)
+    return start_engine("s6-tlsc-io", args, net_read, net_write, env, extra)
 
 
 Network = tuple[tuple[int, int], tuple[int, int]]
