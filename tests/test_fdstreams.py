@@ -7,9 +7,11 @@ Rules: socketpairs and pipes only; trio's checkers bound their own waits.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 
+import pytest
 import trio
 import trio.testing
 
@@ -61,3 +63,13 @@ async def test_send_eof_on_a_socket_with_a_second_fd_still_sends_fin() -> None:
         assert await ours.receive_some(100) == b"reply"
     await ours.aclose()
     right.close()
+
+
+@pytest.mark.parametrize("pipe_size", [None, 256 * 1024])
+async def test_pipes_grow_only_when_asked(pipe_size: int | None) -> None:
+    """Pipe capacity is charged per user: only one-connection engines ask."""
+    read_fd, write_fd = os.pipe()
+    default = fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ)
+    stream = FdPairStream(read_fd, write_fd, pipe_size=pipe_size)
+    assert fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ) == (pipe_size or default)
+    await stream.aclose()

@@ -79,7 +79,9 @@ def tls_over(
     return MemoryTLS(network, context, server_side=server_side, server_hostname=server_hostname)
 
 
-def network_from_fds(read_fd: int, write_fd: int) -> tuple[socket.socket | FdPairStream, list[int]]:
+def network_from_fds(
+    read_fd: int, write_fd: int, *, pipe_size: int | None = None
+) -> tuple[socket.socket | FdPairStream, list[int]]:
     """The network side over two fds: the socket itself when both name one
     stream socket (the fast path), else an :class:`FdPairStream`. Also
     returns the fds the caller must close at the end (a second fd for the
@@ -89,7 +91,7 @@ def network_from_fds(read_fd: int, write_fd: int) -> tuple[socket.socket | FdPai
         if sock.type == socket.SOCK_STREAM:
             return sock, ([write_fd] if write_fd != read_fd else [])
         sock.detach()
-    return FdPairStream(read_fd, write_fd), []
+    return FdPairStream(read_fd, write_fd, pipe_size=pipe_size), []
 
 
 LINGER_SECONDS = 2.0  # bounded drain before closing when nobody reads locally

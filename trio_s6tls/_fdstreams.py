@@ -22,17 +22,21 @@ import stat
 
 import trio
 
-PIPE_SIZE = 1 << 20  # Linux's default pipe-max-size: fewer, larger reads and writes
 
+def enlarge_pipe(fd: int, size: int) -> None:
+    """Grow a pipe's buffer to ``size`` bytes (64 KiB by default, so a 256 KiB
+    write takes four wake-ups). Harmless where not possible.
 
-def enlarge_pipe(fd: int) -> None:
-    """Grow a pipe's buffer to :data:`PIPE_SIZE` (64 KiB by default: a 256 KiB
-    write would take four wake-ups). Harmless where not possible."""
+    .. warning:: Linux charges pipe capacity to the user: past
+       ``fs.pipe-user-pages-soft`` (64 MiB) every new pipe of that user gets
+       one page. Only a program with few pipes (an engine for one
+       connection) should ask for this, never a server with many.
+    """
     if not stat.S_ISFIFO(os.fstat(fd).st_mode):
         return
     try:
-        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < size:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
     except (OSError, AttributeError):
         pass  # over the system limit, or not Linux
 
@@ -54,32 +58,35 @@ def same_object(fd1: int, fd2: int) -> bool:
 Half = trio.SocketStream | trio.lowlevel.FdStream
 
 
-def fd_stream(fd: int) -> Half:
+def fd_stream(fd: int, pipe_size: int | None = None) -> Half:
     """One trio stream over ``fd``, owning it: ``SocketStream`` for a stream
-    socket (so ``send_eof`` is a real TCP half-close), else ``FdStream``."""
+    socket (so ``send_eof`` is a real TCP half-close), else ``FdStream``
+    (a pipe grown to ``pipe_size`` if given, see ``enlarge_pipe``)."""
     if is_socket(fd):
         sock = socket.socket(fileno=fd)
         if sock.type == socket.SOCK_STREAM:
             return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         sock.detach()
-    enlarge_pipe(fd)
+    if pipe_size:
+        enlarge_pipe(fd, pipe_size)
     return trio.lowlevel.FdStream(fd)
 
 
 class FdPairStream(trio.abc.HalfCloseableStream):
-    """Receive from ``read_fd``, send to ``write_fd``; owns both."""
+    """Receive from ``read_fd``, send to ``write_fd``; owns both. Pipes are
+    grown to ``pipe_size`` bytes if given (see ``enlarge_pipe``)."""
 
-    def __init__(self, read_fd: int, write_fd: int) -> None:
+    def __init__(self, read_fd: int, write_fd: int, *, pipe_size: int | None = None) -> None:
         self._spare_fds: list[int] = []
         self._send_closed = False
         if read_fd == write_fd or same_object(read_fd, write_fd):
-            self._receiver: Half = fd_stream(read_fd)
+            self._receiver: Half = fd_stream(read_fd, pipe_size)
             self._sender: Half = self._receiver
             if write_fd != read_fd:
                 self._spare_fds.append(write_fd)
         else:
-            self._receiver = fd_stream(read_fd)
-            self._sender = fd_stream(write_fd)
+            self._receiver = fd_stream(read_fd, pipe_size)
+            self._sender = fd_stream(write_fd, pipe_size)
 
     @property
     def shared(self) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ._engine import network_from_fds, run_engine, tls_over, write_notification
+from ._engine import CHUNK, network_from_fds, run_engine, tls_over, write_notification
 from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, describe_os_error
 from ._fdstreams import FdPairStream
 from ._handshake_info import Variables, encode_notification
@@ -71,8 +71,11 @@ def run_io(
             write_notification(plan.notify_fd, encode_notification(variables))
 
     async def main() -> int:
-        network, spare_fds = network_from_fds(plan.network_read, plan.network_write)
-        local = FdPairStream(plan.local_read, plan.local_write)
+        # One connection per process: its few pipes may be as large as a read.
+        network, spare_fds = network_from_fds(
+            plan.network_read, plan.network_write, pipe_size=CHUNK
+        )
+        local = FdPairStream(plan.local_read, plan.local_write, pipe_size=CHUNK)
         try:
             try:
                 tls = tls_over(
