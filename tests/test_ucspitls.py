@@ -163,16 +163,20 @@ def test_control_socket_commands(
 
 
 def run_example_pair(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], client_env: dict[str, str]
+    pki: Pki,
+    tcp_pair: tuple[socket.socket, socket.socket],
+    client_env: dict[str, str],
+    server_args: tuple[str, ...] = (),
+    client_args: tuple[str, ...] = ("-k", "localhost"),
 ) -> tuple[subprocess.Popen[bytes], bytes, bytes, bytes]:
     client_sock, server_sock = tcp_pair
     server = spawn(
-        ["s6-ucspitlsd", "-v2", "--", *SERVER_EXAMPLE],
+        ["s6-ucspitlsd", "-v2", *server_args, "--", *SERVER_EXAMPLE],
         {0: server_sock.fileno(), 1: server_sock.fileno()},
         pki.env(),
     )
     client = spawn(
-        ["s6-ucspitlsc", "-v2", "-k", "localhost", "--", *CLIENT_EXAMPLE],
+        ["s6-ucspitlsc", "-v2", *client_args, "--", *CLIENT_EXAMPLE],
         {6: client_sock.fileno(), 7: client_sock.fileno()},
         client_env,
         stdout=subprocess.PIPE,
@@ -201,6 +205,102 @@ def test_example_client_against_example_server(
     assert (
         b"accepted opportunistic TLS" in client_err and b"accepted opportunistic TLS" in server_err
     )
+
+
+def server_reported(text: str) -> dict[str, str]:
+    """The SSL_* variables the example server listed (``S: 250-NAME=VALUE``)."""
+    return parse_env(
+        "\n".join(line[7:] for line in text.splitlines() if line.startswith("S: 250-"))
+    )
+
+
+@pytest.mark.parametrize(
+    ("server_args", "client_args", "client_cert"),
+    [
+        (("-y", "-k", "1"), ("-y", "-s", "-k", "localhost"), True),
+        (
+            ("--mandatory-client-cert", "--sni-level", "1"),
+            ("--client-cert", "--servername", "localhost"),
+            True,
+        ),
+        (("-Y", "-J", "-S"), ("-Y", "-S", "-J", "-K", "5000", "-k", "localhost"), False),
+        (("-j", "-s", "-K", "5000"), ("-j", "-S", "-k", "localhost"), False),
+    ],
+    ids=["y-k", "long-forms", "Y-J-S", "j-s-K"],
+)
+def test_example_pair_tls_options(
+    pki: Pki,
+    tcp_pair: tuple[socket.socket, socket.socket],
+    server_args: tuple[str, ...],
+    client_args: tuple[str, ...],
+    client_cert: bool,
+) -> None:
+    """The shared TLS options, on both UCSPI-TLS programs: client
+    certificates (-y/-Y both sides), SNI (-k), close modes (-S/-s, -J/-j)
+    and -K, seen from what the example server reports."""
+    env = pki.env(**pki.client_cert_env) if client_cert else pki.env()
+    client, out, client_err, server_err = run_example_pair(
+        pki, tcp_pair, env, server_args, client_args
+    )
+    assert client.returncode == 0, (client_err, server_err)
+    assert b"fatal" not in client_err + server_err  # each -J saw the other's -S
+    seen = server_reported(out.decode())
+    assert seen["SSL_TLS_SNI_SERVERNAME"] == "localhost"
+    if client_cert:
+        assert seen["SSL_PEER_CERT_SUBJECT"] == "O=Clients\\, Inc., OU=QA, CN=test client"
+    else:
+        assert "SSL_PEER_CERT_HASH" not in seen
+
+
+def test_ucspitlsd_mandatory_client_cert_refuses_a_client_without_one(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    client, _, _, server_err = run_example_pair(pki, tcp_pair, pki.env(), ("-y",))
+    assert client.returncode == 1
+    assert (
+        b"s6-ucspitlsd: fatal: unable to complete TLS handshake: peer did not return a certificate"
+        in server_err
+    )
+
+
+@pytest.mark.parametrize("keep", ["-Z", "-z"])
+def test_ucspitlsc_keep_env(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path, keep: str
+) -> None:
+    """prog declines TLS at once (exits): only its environment matters."""
+    client_sock, _server_sock = tcp_pair
+    seen = tmp_path / "env"
+    client = spawn(
+        ["s6-ucspitlsc", keep, "--", "sh", "-c", f'env > "{seen}"'],
+        {6: client_sock.fileno(), 7: client_sock.fileno()},
+        pki.env(),
+    )
+    client_sock.close()
+    with reaped(client):
+        finish(client)
+    assert client.returncode == 0
+    env = parse_env(seen.read_text())
+    assert ("CAFILE" in env) is (keep == "-Z")
+    assert {"SSLCTLFD", "SSLREADFD", "SSLWRITEFD"} <= set(env)
+
+
+def test_ucspitlsc_handshake_timeout(
+    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """The server side never answers: -K ends the engine, prog sees EOF."""
+    client_sock, _silent = tcp_pair
+    prog = 'printf y >&"$SSLCTLFD"; cat <&"$SSLREADFD"; echo "eof after timeout"'
+    client = spawn(
+        ["s6-ucspitlsc", "-K", "300", "--", "bash", "-c", prog],  # dash: no fds > 9
+        {6: client_sock.fileno(), 7: client_sock.fileno()},
+        pki.env(),
+        stdout=subprocess.PIPE,
+    )
+    client_sock.close()
+    with reaped(client):
+        out, err = finish(client)
+    assert out == b"eof after timeout\n"
+    assert b"s6-ucspitlsc: fatal: handshake timed out after 300 ms" in err
 
 
 def test_example_client_sees_a_failed_handshake(
