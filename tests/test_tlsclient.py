@@ -433,3 +433,34 @@ def test_timeout_parsing() -> None:
     for bad in ("-1", "x", "nan", "inf", ""):
         with pytest.raises(ValueError):
             parse_seconds(bad)
+
+
+@pytest.mark.parametrize(
+    ("flags", "logged"), [(["-v"], True), (["-v", "-Q"], False), (["-Q", "-v"], True)]
+)
+def test_tcpclient_verbosity_later_flag_wins(flags: list[str], logged: bool) -> None:
+    """-v logs each connection attempt, -Q (normal) does not; the later wins."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        proc = subprocess.run(
+            [program("s6-tcpclient"), *flags, "127.0.0.1", str(port), "true"],
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+    assert proc.returncode == 0
+    expected = f"s6-tcpclient: info: connected to 127.0.0.1 port {port}\n".encode()
+    assert (expected in proc.stderr) is logged, proc.stderr
+
+
+def test_paranoid_reverse_lookup_needs_forward_confirmation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """-n: a reverse name counts only if it resolves back to the address
+    (unit test: on loopback both answers agree, so -n and -N look alike)."""
+    from trio_s6tls import _tcpclient
+
+    monkeypatch.setattr(socket, "gethostbyaddr", lambda ip: ("liar.example", [], [ip]))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda name, port: [(2, 1, 6, "", ("192.0.2.7", 0))])
+    assert _tcpclient._reverse_name("192.0.2.99", paranoid=False) == "liar.example"
+    assert _tcpclient._reverse_name("192.0.2.99", paranoid=True) is None
+    assert _tcpclient._reverse_name("192.0.2.7", paranoid=True) == "liar.example"
