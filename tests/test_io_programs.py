@@ -8,6 +8,7 @@ move the bulk data so nothing depends on pipe buffer sizes; no sleeps.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -121,24 +122,8 @@ def start_engine(
     return Engine(proc, local_in_w, local_out_r)
 
 
-def start_server(
-    args: list[str],
-    net_read: int,
-    net_write: int,
-    env: dict[str, str],
-    extra: dict[int, int] | None = None,
-) -> Engine:
-    return start_engine("s6-tlsd-io", args, net_read, net_write, env, extra)
-
-
-def start_client(
-    args: list[str],
-    net_read: int,
-    net_write: int,
-    env: dict[str, str],
-    extra: dict[int, int] | None = None,
-) -> Engine:
-    return start_engine("s6-tlsc-io", args, net_read, net_write, env, extra)
+start_server = functools.partial(start_engine, "s6-tlsd-io")
+start_client = functools.partial(start_engine, "s6-tlsc-io")
 
 
 Network = tuple[tuple[int, int], tuple[int, int]]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .._cli import Opt, uint
+from .._cli import Opt, Parsed, uint
+from .._errors import UsageError
 
 TYPE_CHECKING = False  # importing typing would slow down --version
 if TYPE_CHECKING:
@@ -61,6 +62,11 @@ NETWORK_FDS_HELP = """\
   -6 FD                         read network data from FD (default 6)
   -7 FD                         write network data to FD (default 7)
 """
+
+NETWORK_FDS = [
+    Opt("6", None, "network_read", parse=uint),
+    Opt("7", None, "network_write", parse=uint),
+]
 
 KEEP_ENV = [
     Opt("Z", "keep", "keep_env", True),
@@ -138,3 +144,24 @@ def tls_option_values(values: dict[str, Any]) -> dict[str, Any]:
         "max_version",
     }
     return {k: v for k, v in values.items() if k in fields}
+
+
+def wrapper_arguments(parsed: Parsed, network: tuple[int, int]) -> dict[str, Any]:
+    """What the four wrappers (s6-tls[cd], s6-ucspitls[cd]) pass to the
+    library: the prog, the TLS options, the network fds (``-6``/``-7`` or
+    ``network``) and ``-Z``. Loads ssl: call once the command line is known
+    to be good."""
+    if not parsed.operands:
+        raise UsageError("no program to run")
+    from .._tlsconfig import TLSOptions
+
+    values = parsed.values
+    return {
+        "prog": parsed.operands,
+        "options": TLSOptions(**tls_option_values(values)),
+        "network": (
+            values.get("network_read", network[0]),
+            values.get("network_write", network[1]),
+        ),
+        "keep_tls": bool(values.get("keep_env", False)),
+    }

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._cli import Opt, Parsed, Program, uint
-from .._errors import UsageError
+from .._cli import Parsed, Program
 from . import _options
 
 PROGRAM = Program(
@@ -25,29 +24,14 @@ PROGRAM = Program(
     + "\n"
     + _options.EXIT_HELP,
 )
-NETWORK_FDS = [
-    Opt("6", None, "network_read", parse=uint),
-    Opt("7", None, "network_write", parse=uint),
-]
-OPTIONS = _options.CLIENT_TLS + _options.KEEP_ENV + NETWORK_FDS
+OPTIONS = _options.CLIENT_TLS + _options.KEEP_ENV + _options.NETWORK_FDS
 
 
 def run(parsed: Parsed) -> int:
-    if not parsed.operands:
-        raise UsageError("no program to run")
+    arguments = _options.wrapper_arguments(parsed, network=(6, 7))
     from .._exec import handshake_then_exec
-    from .._tlsconfig import TLSOptions
 
-    options = TLSOptions(**_options.tls_option_values(parsed.values))
-    return handshake_then_exec(
-        parsed.operands,
-        name=PROGRAM.name,
-        options=options,
-        server_side=False,
-        network=(parsed.values.get("network_read", 6), parsed.values.get("network_write", 7)),
-        prog_fds=(6, 7),
-        keep_tls=bool(parsed.values.get("keep_env", False)),
-    )
+    return handshake_then_exec(name=PROGRAM.name, server_side=False, prog_fds=(6, 7), **arguments)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

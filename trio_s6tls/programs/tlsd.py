@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .._cli import Parsed, Program
-from .._errors import UsageError
 from . import _options
 
 PROGRAM = Program(
@@ -28,21 +27,10 @@ OPTIONS = _options.SERVER_TLS + _options.KEEP_ENV
 
 
 def run(parsed: Parsed) -> int:
-    if not parsed.operands:
-        raise UsageError("no program to run")
+    arguments = _options.wrapper_arguments(parsed, network=(0, 1))
     from .._exec import handshake_then_exec
-    from .._tlsconfig import TLSOptions
 
-    options = TLSOptions(**_options.tls_option_values(parsed.values))
-    return handshake_then_exec(
-        parsed.operands,
-        name=PROGRAM.name,
-        options=options,
-        server_side=True,
-        network=(0, 1),
-        prog_fds=(0, 1),
-        keep_tls=bool(parsed.values.get("keep_env", False)),
-    )
+    return handshake_then_exec(name=PROGRAM.name, server_side=True, prog_fds=(0, 1), **arguments)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._cli import Opt, Parsed, Program, uint
-from .._errors import UsageError
+from .._cli import Parsed, Program
 from . import _options
 
 PROGRAM = Program(
@@ -28,28 +27,14 @@ PROGRAM = Program(
     + "\n"
     + _options.EXIT_HELP,
 )
-NETWORK_FDS = [
-    Opt("6", None, "network_read", parse=uint),
-    Opt("7", None, "network_write", parse=uint),
-]
-OPTIONS = _options.CLIENT_TLS + _options.KEEP_ENV + NETWORK_FDS
+OPTIONS = _options.CLIENT_TLS + _options.KEEP_ENV + _options.NETWORK_FDS
 
 
 def run(parsed: Parsed) -> int:
-    if not parsed.operands:
-        raise UsageError("no program to run")
-    from .._tlsconfig import TLSOptions
+    arguments = _options.wrapper_arguments(parsed, network=(6, 7))
     from .._ucspitls import ucspitls_then_exec
 
-    options = TLSOptions(**_options.tls_option_values(parsed.values))
-    return ucspitls_then_exec(
-        parsed.operands,
-        name=PROGRAM.name,
-        options=options,
-        server_side=False,
-        network=(parsed.values.get("network_read", 6), parsed.values.get("network_write", 7)),
-        keep_tls=bool(parsed.values.get("keep_env", False)),
-    )
+    return ucspitls_then_exec(name=PROGRAM.name, server_side=False, **arguments)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
