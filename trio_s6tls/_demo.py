@@ -11,11 +11,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._exec import install_fds
-from ._handshake_info import decode_notification
+from ._exec import install_fds, read_until_eof
+from ._handshake_info import decode_notification, describe_variables
 
 MESSAGE = b"hello through TLS\n"
 REPLY = b"and hello back\n"
+READ_LIMIT = 1 << 16  # far above anything the demo sends
 
 
 def _engine(argv: list[str], env: dict[str, str], fds: dict[int, int]) -> subprocess.Popen[bytes]:
@@ -27,11 +28,6 @@ def _engine(argv: list[str], env: dict[str, str], fds: dict[int, int]) -> subpro
         preexec_fn=lambda: install_fds(fds),
         close_fds=False,
     )
-
-
-def _read_all(fd: int) -> bytes:
-    with open(fd, "rb", buffering=0, closefd=True) as file:
-        return file.read()
 
 
 def main(argv: list[str]) -> int:
@@ -84,14 +80,14 @@ def main(argv: list[str]) -> int:
 
         os.write(c_in_w, MESSAGE)
         os.close(c_in_w)  # client app done: s6-tlsc-io half-closes (-s)
-        received = _read_all(s_out_r)
+        received = read_until_eof(s_out_r, READ_LIMIT)
         os.write(s_in_w, REPLY)
         os.close(s_in_w)
-        answered = _read_all(c_out_r)
+        answered = read_until_eof(c_out_r, READ_LIMIT)
         statuses = client.wait(30), server.wait(30)
         for side, fd in (("server", s_note_r), ("client", c_note_r)):
-            variables = decode_notification(_read_all(fd))
-            shown = ", ".join(f"{k}={v}" for k, v in variables.items() if v is not None)
+            variables = decode_notification(read_until_eof(fd, READ_LIMIT))
+            shown = describe_variables(variables, ", ")
             print(f"demo: {side} negotiated {shown}")
         print(f"demo: server application received {received!r}")
         print(f"demo: client application received {answered!r}")

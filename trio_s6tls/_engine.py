@@ -37,8 +37,8 @@ from typing import Protocol
 import trio
 
 from ._errors import EXIT_SYSTEM, EXIT_TLS, Fatal, describe_os_error
-from ._fdstreams import FdPairStream, is_socket, same_object
-from ._handshake_info import Variables, handshake_variables
+from ._fdstreams import FdPairStream, same_object, stream_socket
+from ._handshake_info import Variables, describe_variables, handshake_variables
 from ._log import Log
 from ._memory_tls import MemoryTLS
 from ._records import RecordState
@@ -86,11 +86,10 @@ def network_from_fds(
     stream socket (the fast path), else an :class:`FdPairStream`. Also
     returns the fds the caller must close at the end (a second fd for the
     same socket)."""
-    if is_socket(read_fd) and (read_fd == write_fd or same_object(read_fd, write_fd)):
-        sock = socket.socket(fileno=read_fd)
-        if sock.type == socket.SOCK_STREAM:
+    if read_fd == write_fd or same_object(read_fd, write_fd):
+        sock = stream_socket(read_fd)
+        if sock is not None:
             return sock, ([write_fd] if write_fd != read_fd else [])
-        sock.detach()
     return FdPairStream(read_fd, write_fd, pipe_size=pipe_size), []
 
 
@@ -247,7 +246,7 @@ async def run_engine(
         variables = await establish(
             tls, options, server_side=server_side, report_resumption=report_resumption
         )
-        log.info(" ".join(f"{k}={v}" for k, v in variables.items() if v is not None), level=2)
+        log.info(describe_variables(variables), level=2)
         if notify is not None:
             notify(variables)
         await tunnel(tls, local, options)

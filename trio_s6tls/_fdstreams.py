@@ -58,15 +58,25 @@ def same_object(fd1: int, fd2: int) -> bool:
 Half = trio.SocketStream | trio.lowlevel.FdStream
 
 
+def stream_socket(fd: int) -> socket.socket | None:
+    """A ``socket.socket`` owning ``fd`` if it is a stream socket, else None
+    (and ``fd`` untouched)."""
+    if not is_socket(fd):
+        return None
+    sock = socket.socket(fileno=fd)
+    if sock.type == socket.SOCK_STREAM:
+        return sock
+    sock.detach()
+    return None
+
+
 def fd_stream(fd: int, pipe_size: int | None = None) -> Half:
     """One trio stream over ``fd``, owning it: ``SocketStream`` for a stream
     socket (so ``send_eof`` is a real TCP half-close), else ``FdStream``
     (a pipe grown to ``pipe_size`` if given, see ``enlarge_pipe``)."""
-    if is_socket(fd):
-        sock = socket.socket(fileno=fd)
-        if sock.type == socket.SOCK_STREAM:
-            return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        sock.detach()
+    sock = stream_socket(fd)
+    if sock is not None:
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     if pipe_size:
         enlarge_pipe(fd, pipe_size)
     return trio.lowlevel.FdStream(fd)

@@ -60,6 +60,13 @@ def handshake_variables(
     return variables
 
 
+def describe_variables(variables: Mapping[str, str | None], separator: str = " ") -> str:
+    """The variables that are set, as ``NAME=VALUE`` (the ``-v 2`` log line)."""
+    return separator.join(
+        f"{name}={value}" for name, value in variables.items() if value is not None
+    )
+
+
 def encode_notification(variables: Mapping[str, str | None]) -> bytes:
     """The block: ``NAME=VALUE\\0`` or ``NAME\\0`` per entry, then ``\\0``."""
     parts = []

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import trio
 
 from ._engine import CHUNK, network_from_fds, run_engine, tls_over, write_notification
-from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, describe_os_error
+from ._errors import EXIT_ENGINE
+from ._exec import check_open
 from ._fdstreams import FdPairStream
 from ._handshake_info import Variables, encode_notification
 from ._log import Log
@@ -30,13 +31,6 @@ class FdPlan:
     local_read: int
     local_write: int
     notify_fd: int | None = None
-
-
-def check_fd(fd: int) -> None:
-    try:
-        os.fstat(fd)
-    except OSError as error:
-        raise Fatal(EXIT_SYSTEM, f"file descriptor {fd}: {describe_os_error(error)}") from None
 
 
 def load_context(
@@ -57,10 +51,9 @@ def run_io(
     log: Log,
 ) -> int:
     """Everything s6-tls[cd]-io does after parsing its command line."""
-    for fd in (plan.network_read, plan.network_write, plan.local_read, plan.local_write):
-        check_fd(fd)
+    check_open([plan.network_read, plan.network_write, plan.local_read, plan.local_write])
     if plan.notify_fd is not None:
-        check_fd(plan.notify_fd)
+        check_open([plan.notify_fd])
     context, (uid, gid) = load_context(env, options, server_side=server_side)
     drop_privileges(uid, gid)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)

@@ -59,7 +59,7 @@ from . import _proxy, _rules
 from ._engine import establish, tls_over, tunnel
 from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, describe_os_error
 from ._fdstreams import FdPairStream
-from ._handshake_info import apply_variables
+from ._handshake_info import apply_variables, describe_variables
 from ._log import Log
 from ._tlsconfig import (
     TLSOptions,
@@ -551,9 +551,7 @@ class Server:
                 if isinstance(tls.connection, socket.socket):
                     await _linger(tls.connection)
                 raise
-            config.log.info(
-                " ".join(f"{k}={v}" for k, v in variables.items() if v is not None), level=2
-            )
+            config.log.info(describe_variables(variables), level=2)
             apply_variables(env, variables)
             to_prog_read, to_prog_write, from_prog_read, from_prog_write = _two_pipes()
             try:
