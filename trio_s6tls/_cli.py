@@ -12,7 +12,7 @@ import getopt
 import sys
 from collections.abc import Callable, Sequence
 
-from ._errors import EXIT_SYSTEM, EXIT_USAGE, Fatal, UsageError
+from ._errors import EXIT_SYSTEM, Fatal, UsageError
 from ._log import Log
 from ._version import __version__
 
@@ -145,7 +145,6 @@ def fd_operand(text: str) -> int:
 
 
 __all__ = [
-    "EXIT_USAGE",
     "Opt",
     "Parsed",
     "Program",
