@@ -130,3 +130,30 @@ def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     finally:
         client.close()
         server.close()
+
+
+#: (client read, client write), (server read, server write)
+Network = tuple[tuple[int, int], tuple[int, int]]
+
+
+@pytest.fixture(params=["tcp", "pipes"])
+def network(request: pytest.FixtureRequest) -> Iterator[Network]:
+    """(client read, client write), (server read, server write); the fds are
+    handed over to the engines (start_pair closes our copies: an EOF on a
+    pipe needs every write end closed)."""
+    if request.param == "tcp":
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname()[:2])
+            server, _ = listener.accept()
+        yield (client.detach(),) * 2, (server.detach(),) * 2  # type: ignore[misc]
+    else:
+        c2s_r, c2s_w = os.pipe()
+        s2c_r, s2c_w = os.pipe()
+        yield (s2c_r, c2s_w), (c2s_r, s2c_w)
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        sock.settimeout(30)
+        yield sock

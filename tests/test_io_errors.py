@@ -18,15 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-__all__ = ["listener"]  # the fixture, shared with test_io_programs
-
 from conftest import Pki, spawn
-from test_io_programs import (
+from engine_util import (
     TIMEOUT,
     Sink,
     connect_and_serve,
-    listener,
     one_line,
     read_all,
     serve_one,
