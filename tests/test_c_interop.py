@@ -158,6 +158,11 @@ def tls_options(tools: Tools, *flags: str) -> list[str]:
 # --- applications on the cleartext side ------------------------------------------------
 
 
+def error_name(e: OSError) -> str:
+    """``EPIPE``, ``ECONNRESET``, ..."""
+    return errno.errorcode.get(e.errno or 0, str(e))
+
+
 @dataclass
 class App:
     """One side's application: our ends of the engine's cleartext pipes, used
@@ -195,15 +200,7 @@ class App:
             except BlockingIOError:
                 continue
             except OSError as e:
-                self.writes.append(
-                    (
-                        name,
-                        done,
-                        "EPIPE"
-                        if e.errno == errno.EPIPE
-                        else errno.errorcode.get(e.errno or 0, str(e)),
-                    )
-                )
+                self.writes.append((name, done, error_name(e)))
                 return False
         self.writes.append((name, done, "ok"))
         return True
@@ -262,7 +259,7 @@ class App:
                 except BlockingIOError:
                     pass
                 except OSError as e:
-                    self.writes.append((name, done, errno.errorcode.get(e.errno or 0, str(e))))
+                    self.writes.append((name, done, error_name(e)))
                     self.close_write()
                     continue
                 if done == len(data):
