@@ -22,6 +22,23 @@ import trustme
 
 BIN = Path(sys.executable).parent
 
+_spawned: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    """A failing test must not leave its programs (and their pipes) behind
+    to turn the next test red with a ResourceWarning."""
+    yield
+    while _spawned:
+        proc = _spawned.pop()
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.communicate(timeout=10)
+        except (subprocess.TimeoutExpired, ValueError):
+            pass
+
 
 def program(name: str) -> str:
     """Path of an installed console script; fails loudly if missing."""
@@ -54,7 +71,7 @@ def spawn(
         program(argv[0]) if "/" not in argv[0] and (BIN / argv[0]).exists() else argv[0],
         *argv[1:],
     ]
-    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+    proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
         argv,
         preexec_fn=arrange,
         close_fds=False,
@@ -62,6 +79,8 @@ def spawn(
         stderr=kwargs.pop("stderr", subprocess.PIPE),
         **kwargs,
     )
+    _spawned.append(proc)
+    return proc
 
 
 @dataclass(frozen=True)

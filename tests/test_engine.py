@@ -7,18 +7,22 @@ Rules: no network at all; every test bounded by fail_after.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import socket
 import ssl
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 from conftest import Pki
 
-from trio_s6tls import TLSOptions, client_context, run_engine, server_context, tls_over
+from trio_s6tls import TLSOptions, _openssl, client_context, run_engine, server_context, tls_over
 from trio_s6tls._engine import LINGER_SECONDS
 from trio_s6tls._log import Log
+from trio_s6tls._memory_tls import MemoryTLS
 
 
 class CutAfter(trio.abc.HalfCloseableStream):
@@ -56,6 +60,20 @@ class Side:
     status: list[int] = field(default_factory=list)
     variables: list[dict[str, str | None]] = field(default_factory=list)
     messages: io.StringIO = field(default_factory=io.StringIO)
+    ended: trio.Event = field(default_factory=trio.Event)  # its engine returned
+
+
+@pytest.fixture(params=["memory", "socket"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """The engine's two TLS transports: memory BIOs over a Trio stream, and
+    an SSLSocket on a real (Unix) socket."""
+    return str(request.param)
+
+
+def network_pair(transport: str) -> tuple[object, object]:
+    if transport == "socket":
+        return socket.socketpair()
+    return trio.testing.memory_stream_pair()
 
 
 async def run_pair(
@@ -64,12 +82,14 @@ async def run_pair(
     server_options: TLSOptions,
     script: object,
     *,
+    transport: str = "memory",
     cut_client_to_server: int | None = None,
     limit: float = 10,
 ) -> tuple[Side, Side]:
-    """Client and server engines back to back in memory; ``script(client,
-    server)`` plays both applications; returns once both engines ended."""
-    client_net, server_net = trio.testing.memory_stream_pair()
+    """Client and server engines back to back (``transport``: see the
+    fixture); ``script(client, server)`` plays both applications; returns
+    once both engines ended."""
+    client_net, server_net = network_pair(transport)
     client_app, client_local = trio.testing.memory_stream_pair()
     server_app, server_local = trio.testing.memory_stream_pair()
     if cut_client_to_server is not None:
@@ -79,7 +99,7 @@ async def run_pair(
 
     async def engine(
         side: Side,
-        net: trio.abc.HalfCloseableStream,
+        net: Any,
         local: trio.abc.HalfCloseableStream,
         server_side: bool,
         options: TLSOptions,
@@ -96,6 +116,7 @@ async def run_pair(
                 log=Log("test", 0, side.messages),
             )
         )
+        side.ended.set()
 
     with trio.fail_after(limit):
         async with trio.open_nursery() as nursery:
@@ -123,19 +144,19 @@ async def request_reply(
     assert await read_all(client.app) == reply
 
 
-async def test_half_close_reply_still_arrives_and_both_exit_0(pki: Pki) -> None:
+async def test_half_close_reply_still_arrives_and_both_exit_0(pki: Pki, transport: str) -> None:
     client, server = await run_pair(
-        pki, TLSOptions(servername="localhost"), TLSOptions(), request_reply
+        pki, TLSOptions(servername="localhost"), TLSOptions(), request_reply, transport=transport
     )
     assert client.status == server.status == [0]
     assert client.variables[0]["SSL_TLS_SNI_SERVERNAME"] == "localhost"
     assert server.variables[0]["SSL_TLS_SNI_SERVERNAME"] == "localhost"
 
 
-async def test_ragged_eof_is_fatal_only_with_enforce(pki: Pki) -> None:
+async def test_ragged_eof_is_fatal_only_with_enforce(pki: Pki, transport: str) -> None:
     # -s on the client is a half-close without close_notify: ragged for -J
     _client, server = await run_pair(
-        pki, TLSOptions(), TLSOptions(enforce_close_notify=True), send_then_eof
+        pki, TLSOptions(), TLSOptions(enforce_close_notify=True), send_then_eof, transport=transport
     )
     assert server.status == [98]
     assert (
@@ -143,7 +164,11 @@ async def test_ragged_eof_is_fatal_only_with_enforce(pki: Pki) -> None:
         == "test: fatal: peer closed the connection without a close_notify\n"
     )
     _client, server = await run_pair(
-        pki, TLSOptions(), TLSOptions(enforce_close_notify=False), request_reply
+        pki,
+        TLSOptions(),
+        TLSOptions(enforce_close_notify=False),
+        request_reply,
+        transport=transport,
     )
     assert server.status == [0]
 
@@ -156,9 +181,13 @@ async def send_then_eof(client: Side, server: Side) -> None:
     await read_all(client.app)
 
 
-async def test_close_notify_satisfies_enforce(pki: Pki) -> None:
+async def test_close_notify_satisfies_enforce(pki: Pki, transport: str) -> None:
     client, server = await run_pair(
-        pki, TLSOptions(close_notify=True), TLSOptions(enforce_close_notify=True), send_then_eof
+        pki,
+        TLSOptions(close_notify=True),
+        TLSOptions(enforce_close_notify=True),
+        send_then_eof,
+        transport=transport,
     )
     assert client.status == server.status == [0]
 
@@ -191,9 +220,9 @@ async def test_handshake_timeout(pki: Pki) -> None:
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
-async def test_protocol_versions(pki: Pki, version: str) -> None:
+async def test_protocol_versions(pki: Pki, transport: str, version: str) -> None:
     client, server = await run_pair(
-        pki, TLSOptions(max_version=version), TLSOptions(), request_reply
+        pki, TLSOptions(max_version=version), TLSOptions(), request_reply, transport=transport
     )
     assert server.variables[0]["SSL_PROTOCOL"] == f"TLSv{version}"
     assert client.status == server.status == [0]
@@ -204,7 +233,7 @@ def test_default_context_refuses_old_protocols(pki: Pki) -> None:
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
 
 
-async def test_local_reader_gone_drains_for_a_bounded_time(pki: Pki) -> None:
+async def test_local_reader_gone_drains_for_a_bounded_time(pki: Pki, transport: str) -> None:
     """Rule 4: with nobody reading locally, network data is drained (no RST
     from unread bytes) but not forever: LINGER_SECONDS after our side ends."""
     started: list[float] = []
@@ -220,7 +249,121 @@ async def test_local_reader_gone_drains_for_a_bounded_time(pki: Pki) -> None:
                 pass  # the client engine ended: the server closed after lingering
 
     _client, server = await run_pair(
-        pki, TLSOptions(), TLSOptions(), endless_peer, limit=LINGER_SECONDS + 5
+        pki, TLSOptions(), TLSOptions(), endless_peer, limit=LINGER_SECONDS + 5, transport=transport
     )
     assert server.status == [0]
     assert trio.current_time() - started[0] < LINGER_SECONDS + 2
+
+
+# -- the close model per version (docs/close-semantics.rst) ---------------------
+
+
+async def test_tls13_close_notify_closes_one_direction(pki: Pki, transport: str) -> None:
+    """-S under TLS 1.3: the client's close_notify ends its direction only;
+    the server's reply, written after it, still reaches the client, and
+    ends with the server's close_notify (-J on the client is satisfied)."""
+    client, server = await run_pair(
+        pki,
+        TLSOptions(close_notify=True, enforce_close_notify=True),
+        TLSOptions(),
+        request_reply,
+        transport=transport,
+    )
+    assert client.variables[0]["SSL_PROTOCOL"] == "TLSv1.3"
+    assert client.status == server.status == [0]
+
+
+async def test_tls12_close_notify_ends_both_directions(pki: Pki, transport: str) -> None:
+    """-S under TLS 1.2: the server answers the close_notify with its own
+    and stops; its application's later writes fail instead of vanishing."""
+
+    async def late_reply(client: Side, server: Side) -> None:
+        await client.app.send_all(b"request")
+        await client.app.send_eof()
+        assert await read_all(server.app) == b"request"
+        await server.ended.wait()
+        with pytest.raises((trio.BrokenResourceError, trio.ClosedResourceError)):
+            await server.app.send_all(b"too late")
+        assert await read_all(client.app) == b""
+
+    client, server = await run_pair(
+        pki,
+        TLSOptions(close_notify=True, enforce_close_notify=True, max_version="1.2"),
+        TLSOptions(enforce_close_notify=True),
+        late_reply,
+        transport=transport,
+    )
+    assert client.variables[0]["SSL_PROTOCOL"] == "TLSv1.2"
+    assert client.status == server.status == [0]  # -J on both: every end was a close_notify
+
+
+async def test_network_write_failure_ends_the_engine_at_once(pki: Pki, transport: str) -> None:
+    """The peer disappears while the server's application writes and reads
+    nothing: the server engine must end (111), not sit forever delivering
+    to an application that waits for it."""
+    client_net, server_net = network_pair(transport)
+    server_app, server_local = trio.testing.lockstep_stream_pair()
+    messages = io.StringIO()
+    env = pki.env()
+    with trio.fail_after(10):
+        client = tls_over(client_net, client_context(env, TLSOptions()), server_side=False)  # type: ignore[arg-type]
+        server = tls_over(server_net, server_context(env, TLSOptions()), server_side=True)  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.handshake)
+            await server.handshake()
+        status: list[int] = []
+
+        async def serve() -> None:
+            status.append(
+                await run_engine(
+                    server, server_local, TLSOptions(), server_side=True, log=Log("t", 0, messages)
+                )
+            )
+
+        async def app_writes_forever() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while True:
+                    await server_app.send_all(b"x" * 65536)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            nursery.start_soon(app_writes_forever)
+            await client.send_all(b"y" * 1_000_000 if transport == "memory" else b"y" * 100_000)
+            await client.aclose()  # gone without reading anything
+    assert status == [111]
+    assert messages.getvalue().startswith("t: fatal: unable to write to network: ")
+
+
+async def test_close_notify_without_ctypes_keeps_tls13_data(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the one-call SSL_shutdown is not available, the memory-BIO
+    transport sends close_notify through unwrap() without losing the peer's
+    data that already sits in its incoming BIO."""
+    monkeypatch.setattr(_openssl, "send_close_notify_once", lambda connection: False)
+    env = pki.env()
+    client_net, server_net = trio.testing.memory_stream_pair()
+    client = MemoryTLS(client_net, client_context(env, TLSOptions()), server_side=False)
+    server = MemoryTLS(server_net, server_context(env, TLSOptions()), server_side=True)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.handshake)
+            await server.handshake()
+        await server.send_all(b"already here")
+        await client._feed()  # the record waits in the client's incoming BIO
+        await client.send_close_notify()
+        buffer = bytearray(65536)
+        count = await client.receive_into(buffer)
+    assert client.connection.version() == "TLSv1.3"
+    assert bytes(buffer[:count]) == b"already here"
+
+
+def test_one_call_shutdown_is_available_here(pki: Pki) -> None:
+    """The ctypes path of _openssl must work on the interpreter CI uses:
+    a changed layout would otherwise silently fall back."""
+    context = client_context(pki.env(), TLSOptions())
+    first, second = socket.socketpair()
+    with first, second:
+        connection = context.wrap_socket(first, do_handshake_on_connect=False)
+        with connection:
+            assert _openssl._ssl_pointer(connection) is not None

@@ -1,27 +1,40 @@
 """The engine: handshake, notification, then a full-duplex tunnel between a
-local cleartext stream and the TLS connection, ending as SPEC.md says.
+local cleartext stream and the TLS connection, ending as the close model of
+docs/close-semantics.rst says.
 
-Theory of operation — two pump tasks in one nursery, one per direction:
+Theory of operation — two pump tasks in one nursery, one per direction. The
+close model depends on the negotiated version: under TLS 1.3 a close_notify
+ends one direction (RFC 8446, 6.1), under TLS 1.2 the whole connection
+(RFC 5246, 7.2.1, which the C tools implement).
 
 1. **Handshake first**, under the ``-K`` deadline (98 on timeout or
    failure). Only then is the notification sent and data moved.
-2. **Local EOF** (local → network): with ``-s`` every pending record is
-   flushed, then the network write side is half-closed (``shutdown(SHUT_WR)``
-   on a socket, close on a pipe); reading the network goes on. With ``-S`` a
-   close_notify is sent (and the write side half-closed); incoming
-   application data is then discarded until the peer's close_notify or EOF.
+2. **Local EOF** (local → network): every pending record is flushed; then
+   with ``-s`` the network write side is half-closed (``shutdown(SHUT_WR)``
+   on a socket, close on a pipe), with ``-S`` — or when the peer has already
+   sent its close_notify — a close_notify goes first. Reading the network
+   goes on; after our close_notify, TLS 1.2 discards what still arrives
+   until the peer's close_notify or EOF, TLS 1.3 delivers it.
 3. **Network EOF or close_notify** (network → local): everything decrypted
-   has been delivered; the local write side is closed. A ragged EOF (no
+   is delivered, then the local write side is closed. A ragged EOF (no
    close_notify) is normal with ``-j`` and fatal (98) with ``-J``; an EOF in
-   the middle of a record is always fatal (98) — see ``_records.py``.
-4. **The local reader goes away** (EPIPE): network data is no longer
-   delivered. SPEC.md says "shut down the read side"; we keep reading and
-   discarding instead, because closing a socket with unread bytes queued
-   makes the kernel send RST, and the peer then loses the end of our reply
-   (STYLE.md, "Lingering close"). Once our own direction is finished too, the
-   discarding goes on for at most :data:`LINGER_SECONDS`.
-5. **The network write side fails** (reset, EPIPE): stop reading locally.
-6. **The engine returns when both directions are over**, 0 if all ended
+   the middle of a record is always fatal (98) — see ``_records.py``. A
+   TLS 1.2 close_notify also ends our direction: we stop reading locally
+   and answer with ours, so the application's later writes fail (EPIPE)
+   rather than vanish.
+4. **A TLS error or a reset while reading**: the bytes decrypted before it
+   are delivered first (the transports hold the error back for one read),
+   then the engine ends with its code.
+5. **The local reader goes away** (EPIPE): network data is no longer
+   delivered, but read and discarded, because closing a socket with unread
+   bytes queued makes the kernel send RST and the peer then loses the end
+   of our reply. Once our own direction is finished too, the discarding
+   goes on for at most :data:`LINGER_SECONDS`.
+6. **The network refuses our data** (reset, EPIPE): the connection is
+   dead, as the C tools see it; the engine ends at once with 111, closing
+   the local side both ways, so the application sees EOF and EPIPE instead
+   of blocking on a pipe nobody reads.
+7. **The engine returns when both directions are over**, 0 if all ended
    cleanly; a :class:`Fatal` in either direction ends both at once and its
    code is returned.
 """
@@ -42,7 +55,7 @@ from ._handshake_info import Variables, describe_variables, handshake_variables
 from ._log import Log
 from ._memory_tls import MemoryTLS
 from ._records import RecordState
-from ._socket_tls import RECORD_SIZE, SocketTLS
+from ._socket_tls import RECORD_SIZE, SocketTLS, write_failure
 from ._tlsconfig import TLSOptions
 
 CHUNK = 256 * 1024  # large reads: few Python round trips per record
@@ -105,18 +118,25 @@ class _Tunnel:
         self.tls = tls
         self.local = local
         self.options = options
-        self.discarding = False  # rule 4: the local reader is gone
+        self.tls13 = tls.connection.version() == "TLSv1.3"
+        self.discarding = False  # rule 5: the local reader is gone
         self.up_done = False
+        self.up_stopped = False  # rule 3: a TLS 1.2 close_notify ended our direction
+        self.up_reading = trio.CancelScope()
         self.down_scope = trio.CancelScope()
 
     def _linger_if_over(self) -> None:
-        """Both ways over but for a drain: bound the drain (rule 4)."""
+        """Both ways over but for a drain: bound the drain (rule 5)."""
         if self.discarding and self.up_done:
             deadline = trio.current_time() + LINGER_SECONDS
             self.down_scope.deadline = min(self.down_scope.deadline, deadline)
 
+    def _ignoring_input(self) -> bool:
+        """Rule 2 under TLS 1.2 (our close_notify is out), or rule 5."""
+        return self.discarding or (self.tls.close_notify_sent and not self.tls13)
+
     async def down(self) -> None:
-        """Network → local (rules 3 and 4)."""
+        """Network → local (rules 3, 4 and 5)."""
         tls = self.tls
         # bytearray() zero-fills, so its pages are resident at once: an idle
         # connection gets one record's worth, a busy one grows to CHUNK.
@@ -124,8 +144,8 @@ class _Tunnel:
         view = memoryview(buffer)
         with self.down_scope:
             while count := await tls.receive_into(buffer):
-                if tls.close_notify_sent or self.discarding:
-                    continue  # -S, or nobody reads locally: dropped
+                if self._ignoring_input():
+                    continue
                 try:
                     await self.local.send_all(view[:count])
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -134,20 +154,24 @@ class _Tunnel:
                 if count > len(buffer) - RECORD_SIZE and len(buffer) < CHUNK:
                     buffer = bytearray(CHUNK)
                     view = memoryview(buffer)
-        if tls.close_notify_sent or self.discarding:
-            return
+        if self.down_scope.cancelled_caught:
+            return  # the bounded drain is over
         ending = tls.records.ending()
-        if ending == "truncated":
-            raise Fatal(EXIT_TLS, "network stream ended in the middle of a TLS record")
-        if ending == "ragged" and self.options.enforce_close_notify:
-            raise Fatal(EXIT_TLS, "peer closed the connection without a close_notify")
-        try:
-            await self.local.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        if not self.discarding:
+            if ending == "truncated":
+                raise Fatal(EXIT_TLS, "network stream ended in the middle of a TLS record")
+            if ending == "ragged" and self.options.enforce_close_notify:
+                raise Fatal(EXIT_TLS, "peer closed the connection without a close_notify")
+            try:
+                await self.local.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        if ending == "close_notify" and not self.tls13:
+            self.up_stopped = True  # rule 3: answer now, whatever prog still writes
+            self.up_reading.cancel()
 
     async def up(self) -> None:
-        """Local → network (rules 2 and 5)."""
+        """Local → network (rules 2 and 6)."""
         try:
             await self._send_up()
         finally:
@@ -155,24 +179,23 @@ class _Tunnel:
             self._linger_if_over()
 
     async def _send_up(self) -> None:
-        while True:
-            try:
-                data = await self.local.receive_some(CHUNK)
-            except trio.BrokenResourceError as error:
-                cause = error.__cause__
-                detail = describe_os_error(cause) if isinstance(cause, OSError) else str(error)
-                raise Fatal(EXIT_SYSTEM, f"unable to read from local: {detail}") from None
-            if not data:
+        while not self.up_stopped:
+            with trio.CancelScope() as self.up_reading:
+                try:
+                    data = await self.local.receive_some(CHUNK)
+                except trio.BrokenResourceError as error:
+                    cause = error.__cause__
+                    detail = describe_os_error(cause) if isinstance(cause, OSError) else str(error)
+                    raise Fatal(EXIT_SYSTEM, f"unable to read from local: {detail}") from None
+            if self.up_reading.cancelled_caught or not data:
                 break
             try:
                 await self.tls.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                shutdown = getattr(self.local, "shutdown_receive", None)
-                if shutdown is not None:  # rule 5: the network takes no more
-                    shutdown()
-                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                raise write_failure(error.__cause__) from None
         try:
-            if self.options.close_notify:
+            # The peer spoke TLS closure: answer in kind, even under -s.
+            if self.options.close_notify or self.tls.records.close_notify:
                 await self.tls.send_close_notify()
             else:
                 await self.tls.send_eof()

@@ -134,23 +134,17 @@ class FdPairStream(trio.abc.HalfCloseableStream):
             await self._sender.aclose()
         self._close_spares()
 
-    def shutdown_receive(self) -> None:
-        """Stop reading for good (``shutdown(SHUT_RD)`` on a socket)."""
-        if isinstance(self._receiver, trio.SocketStream):
-            try:
-                self._receiver.socket.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
-
     def _close_spares(self) -> None:
         while self._spare_fds:
             os.close(self._spare_fds.pop())
 
     async def aclose(self) -> None:
+        """Close both fds, the receiving one first: a program writing to us
+        then gets EPIPE before it can see EOF on what we wrote to it."""
         self._send_closed = True
         self._close_spares()
         try:
+            await self._receiver.aclose()
+        finally:
             if not self.shared:
                 await self._sender.aclose()
-        finally:
-            await self._receiver.aclose()

@@ -48,6 +48,7 @@ class MemoryTLS:
         self.records = attach(self.connection)
         self.close_notify_sent = False
         self._send_lock = trio.Lock()
+        self._failure: Fatal | None = None  # seen after data: raised on the next read
 
     async def _flush(self) -> None:
         async with self._send_lock:
@@ -66,11 +67,8 @@ class MemoryTLS:
             data = await self.transport.receive_some(RECEIVE_CHUNK)
         except trio.BrokenResourceError as error:
             cause = error.__cause__
-            if isinstance(cause, OSError):
-                raise Fatal(
-                    EXIT_SYSTEM, f"unable to read from network: {describe_os_error(cause)}"
-                ) from None
-            raise Fatal(EXIT_SYSTEM, f"unable to read from network: {error}") from None
+            detail = describe_os_error(cause) if isinstance(cause, OSError) else str(error)
+            raise Fatal(EXIT_SYSTEM, f"unable to read from network: {detail}") from None
         if data:
             self._incoming.write(data)
         else:
@@ -90,6 +88,11 @@ class MemoryTLS:
             raise handshake_failure(error) from None
 
     async def receive_into(self, buffer: bytearray) -> int:
+        """As :meth:`SocketTLS.receive_into <trio_s6tls._socket_tls.SocketTLS.receive_into>`:
+        bytes decrypted before an error come first, the error next time."""
+        if self._failure is not None:
+            await trio.lowlevel.checkpoint()
+            raise self._failure
         view = memoryview(buffer)
         filled = 0
         while True:
@@ -100,20 +103,25 @@ class MemoryTLS:
                 await self._flush_if_free()
                 if filled:
                     break
-                await self._feed()
+                try:
+                    await self._feed()
+                except Fatal as failure:
+                    self._failure = failure
+                    break
                 continue
-            except ssl.SSLZeroReturnError:
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 count = 0
             except ssl.SSLError as error:
-                if not self.close_notify_sent:
-                    raise read_failure(error) from None
-                count = 0
+                self._failure = read_failure(error)
+                break
             if count == 0:
                 break
             self.records.data()
             filled += count
             if len(view) - filled < RECORD_SIZE:
                 break
+        if self._failure is not None and not filled:
+            raise self._failure
         await trio.lowlevel.checkpoint()
         return filled
 
@@ -129,15 +137,32 @@ class MemoryTLS:
         await self.transport.send_eof()
 
     async def send_close_notify(self) -> None:
+        """Our close_notify, then EOF on the transport; reading goes on."""
+        from ._openssl import send_close_notify_once  # ctypes: only when closing
+
         self.close_notify_sent = True
         try:
-            self.connection.unwrap()
+            if not send_close_notify_once(self.connection):
+                self._unwrap_keeping_input()
         except ssl.SSLError:
-            pass  # WANT_READ (sent, peer's not yet here) or peer data: discarded
+            pass  # the connection is failing anyway: the reader will say why
         try:
             await self.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+    def _unwrap_keeping_input(self) -> None:
+        """Without :mod:`._openssl`: ``unwrap`` sends close_notify, then reads
+        the incoming BIO for the peer's, discarding application data. Hide
+        what the BIO holds during the call and put it back after."""
+        pending = self._incoming.read()
+        try:
+            self.connection.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # sent; the peer's has not come yet
+        finally:
+            if pending:
+                self._incoming.write(pending)
 
     async def aclose(self) -> None:
         await self.transport.aclose()

@@ -57,6 +57,17 @@ def read_failure(error: Exception) -> Fatal:
     return Fatal(EXIT_SYSTEM, f"unable to read from network: {error}")
 
 
+def write_failure(error: BaseException | None) -> Fatal:
+    """The network refused our data: the connection is dead (111)."""
+    if isinstance(error, ssl.SSLError):
+        detail = describe_ssl_error(error)
+    elif isinstance(error, OSError):
+        detail = describe_os_error(error)
+    else:
+        detail = str(error) or "connection closed"
+    return Fatal(EXIT_SYSTEM, f"unable to write to network: {detail}")
+
+
 def reset_failure() -> Fatal:
     return Fatal(EXIT_SYSTEM, "unable to read from network: connection reset by peer")
 
@@ -83,6 +94,8 @@ class SocketTLS:
         self.records = attach(self.connection)
         self.close_notify_sent = False
         self._fin_sent = False
+        self._ended = False
+        self._failure: Fatal | None = None  # seen after data: raised on the next read
 
     async def _wait(self, error: ssl.SSLError) -> None:
         wait = (
@@ -107,7 +120,14 @@ class SocketTLS:
 
     async def receive_into(self, buffer: bytearray) -> int:
         """Decrypt into ``buffer``; wait only until something arrived, then take
-        what else is ready. 0 means the stream ended (see :attr:`records`)."""
+        what else is ready. 0 means the stream ended (see :attr:`records`).
+        Bytes decrypted before an error are returned first; the error
+        (:class:`Fatal`) is raised by the next call."""
+        if self._failure is not None or self._ended:
+            await trio.lowlevel.checkpoint()
+            if self._failure is not None:
+                raise self._failure
+            return 0
         view = memoryview(buffer)
         filled = 0
         waited = False
@@ -120,22 +140,25 @@ class SocketTLS:
                 await self._wait(error)
                 waited = True
                 continue
-            except ssl.SSLZeroReturnError:
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 count = 0
             except (ssl.SSLError, OSError) as error:
-                if not self.close_notify_sent and not isinstance(error, ssl.SSLEOFError):
-                    raise read_failure(error) from None
-                count = 0  # an EOF of some kind (after our close_notify: any end)
+                self._failure = read_failure(error)
+                break
             if count == 0:
                 # OpenSSL reports a TCP reset as an EOF, sometimes even as a
                 # clean one: ask the kernel unless a close_notify explains it.
-                if not (self.close_notify_sent or self.records.close_notify) and self._was_reset():
-                    raise reset_failure()
+                if not self.records.close_notify and self._was_reset():
+                    self._failure = reset_failure()
+                else:
+                    self._ended = True
                 break
             self.records.data()
             filled += count
             if len(view) - filled < RECORD_SIZE:
                 break
+        if self._failure is not None and not filled:
+            raise self._failure
         if not waited:
             await trio.lowlevel.checkpoint()
         return filled
@@ -174,6 +197,8 @@ class SocketTLS:
         """TCP half-close on the raw socket: ``SSLSocket.shutdown`` would drop
         the TLS state and with it our read side."""
         await trio.lowlevel.checkpoint()
+        if self._fin_sent:
+            return
         self._fin_sent = True
         try:
             socket.socket.shutdown(self.connection, socket.SHUT_WR)
@@ -181,18 +206,20 @@ class SocketTLS:
             pass
 
     async def send_close_notify(self) -> None:
-        """Send close_notify, then half-close TCP. OpenSSL's shutdown also
-        tries to read the peer's; whatever it finds is to be discarded."""
+        """Send close_notify, then half-close TCP; reading goes on (see
+        :mod:`._openssl` for why ``unwrap`` will not do)."""
+        from ._openssl import send_close_notify_once  # ctypes: only when closing
+
         self.close_notify_sent = True
-        sslobj = self.connection._sslobj  # type: ignore[attr-defined]
         while True:
             try:
-                sslobj.shutdown()
+                if not send_close_notify_once(self.connection):
+                    self.connection._sslobj.shutdown()  # type: ignore[attr-defined]
                 break
             except ssl.SSLWantWriteError as error:
                 await self._wait(error)
             except (ssl.SSLError, OSError):
-                break  # WANT_READ (sent, peer's not yet here) or peer data
+                break  # WANT_READ (sent, the peer's not yet here), or a dead socket
         await self.send_eof()
 
     async def aclose(self) -> None:

@@ -1,0 +1,354 @@
+"""The engine at its edges, end to end (the installed programs as
+subprocesses, over loopback TCP and over pipes):
+
+1. bytes decrypted before a TLS error reach the application before the
+   engine exits 98;
+2. the close model per negotiated version (docs/close-semantics.rst):
+   TLS 1.3 closes one direction at a time, TLS 1.2 ends both at the first
+   close_notify, which is answered;
+3. a client that stops reading cannot wedge a connection.
+
+The peer is Python's ``ssl`` over memory BIOs (tests/tls_peer.py), which can
+read after sending close_notify and say how our side's stream ended.
+
+Rules: loopback only, port 0; every wait bounded; no sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from conftest import Network, Pki, program
+from engine_util import TIMEOUT, Engine, Sink, one_line, start_client, start_server
+from tls_peer import CORRUPT_RECORD, BioPeer, client_context, server_context
+
+VERSIONS = ["1.2", "1.3"]
+
+
+def read_exactly(fd: int, count: int) -> bytes:
+    """``count`` bytes from ``fd`` (an application's pipe), bounded."""
+    data = b""
+    while len(data) < count:
+        readable, _, _ = select.select([fd], [], [], TIMEOUT)
+        assert readable, f"only {len(data)} of {count} bytes arrived"
+        chunk = os.read(fd, count - len(data))
+        assert chunk, f"EOF after {len(data)} of {count} bytes"
+        data += chunk
+    return data
+
+
+def read_to_eof(fd: int) -> bytes:
+    chunks = []
+    while True:
+        readable, _, _ = select.select([fd], [], [], TIMEOUT)
+        assert readable, "no EOF"
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            os.close(fd)
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def serve(pki: Pki, network: Network, args: list[str]) -> tuple[BioPeer, Engine]:
+    """s6-tlsd-io with ``args`` on the server side of ``network``, and a
+    handshaken peer on the client side."""
+    (client_read, client_write), (server_read, server_write) = network
+    engine = start_server(args, server_read, server_write, pki.env())
+    for fd in {server_read, server_write}:
+        os.close(fd)
+    peer = BioPeer(client_read, client_write, client_context(str(pki.ca_file)))
+    peer.handshake()
+    return peer, engine
+
+
+# -- 1. deliver before failing -----------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [1, 1000, 65536, 1_000_000])
+def test_data_before_a_corrupt_record_reaches_the_application(
+    pki: Pki, network: Network, count: int
+) -> None:
+    peer, engine = serve(pki, network, [])
+    got = Sink(engine.from_app)
+    payload = os.urandom(count)
+    peer.send_raw(peer.encrypt(payload) + CORRUPT_RECORD)  # one write
+    assert got.result() == (count, hashlib.sha256(payload).hexdigest())
+    status, err = engine.finish()
+    assert status == 98
+    assert "TLS error reading from network" in one_line(err, "s6-tlsd-io")
+
+
+def start_tlsserver(
+    pki: Pki, args: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    server = subprocess.Popen(
+        [program("s6-tlsserver"), "-1", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env or pki.env(),
+    )
+    assert server.stdout is not None
+    readable, _, _ = select.select([server.stdout], [], [], TIMEOUT)
+    assert readable, "s6-tlsserver did not get ready"
+    return server, int(server.stdout.readline())
+
+
+def lines_until(stream: object, pattern: bytes, limit: float = TIMEOUT) -> list[bytes]:
+    """Lines of a child's pipe up to and including the first matching
+    ``pattern`` (a regex), bounded."""
+    fd = stream.fileno()  # type: ignore[attr-defined]
+    buffer, lines = b"", []
+    while True:
+        while b"\n" in buffer:
+            line, _, buffer = buffer.partition(b"\n")
+            lines.append(line)
+            if re.search(pattern, line):
+                return lines
+        readable, _, _ = select.select([fd], [], [], limit)
+        assert readable, f"no line matching {pattern!r}; got {lines!r}"
+        chunk = os.read(fd, 4096)
+        assert chunk, f"EOF before a line matching {pattern!r}; got {lines!r}"
+        buffer += chunk
+
+
+@pytest.mark.parametrize("count", [1, 1000, 65536, 1_000_000])
+def test_data_before_a_corrupt_record_reaches_prog_under_tlsserver(pki: Pki, count: int) -> None:
+    # prog counts what it got on stdin and says so on stderr (the server's)
+    server, port = start_tlsserver(pki, ["127.0.0.1", "0", "sh", "-c", "echo got $(wc -c) >&2"])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+            peer = BioPeer(sock.fileno(), sock.fileno(), client_context(str(pki.ca_file)))
+            peer.handshake()
+            peer.send_raw(peer.encrypt(os.urandom(count)) + CORRUPT_RECORD)
+            lines = lines_until(server.stderr, rb"^got \d+$")
+        assert lines[-1] == f"got {count}".encode()
+        # logged before prog's stdin is closed, so before prog's line
+        assert any(
+            b"warning: " in line and b"TLS error reading from network" in line for line in lines
+        )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=TIMEOUT)
+    assert server.returncode == 0
+
+
+# -- 2. the close model --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_peer_data_after_our_close_notify(pki: Pki, network: Network, version: str) -> None:
+    """-S: our close_notify ends our direction. TLS 1.3: the peer's later
+    data still reaches the application. TLS 1.2: it is discarded."""
+    peer, engine = serve(pki, network, ["-S", "--max-version", version])
+    peer.send(b"early")
+    assert read_exactly(engine.from_app, 5) == b"early"
+    os.write(engine.to_app, b"reply")
+    os.close(engine.to_app)  # local EOF: -S sends close_notify
+    received = peer.receive_all()
+    assert (received.data, received.ending) == (b"reply", "close_notify")
+    peer.send(b"late")
+    peer.send_close_notify()
+    expected = b"late" if version == "1.3" else b""
+    assert read_to_eof(engine.from_app) == expected
+    assert engine.finish() == (0, b"")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_peer_close_notify_first(pki: Pki, network: Network, version: str) -> None:
+    """The peer sends its request and close_notify (default -s here).
+    TLS 1.3: EOF for the application, whose reply still goes out, ended by
+    our close_notify (the peer spoke TLS closure). TLS 1.2: answered at
+    once with ours, the engine ends, and the application's reply fails
+    with EPIPE instead of vanishing."""
+    peer, engine = serve(pki, network, ["--max-version", version])
+    peer.send(b"request")
+    peer.send_close_notify()
+    assert read_to_eof(engine.from_app) == b"request"
+    if version == "1.3":
+        os.write(engine.to_app, b"reply")
+        os.close(engine.to_app)
+        received = peer.receive_all()
+        assert (received.data, received.ending) == (b"reply", "close_notify")
+        assert engine.finish() == (0, b"")
+    else:
+        received = peer.receive_all()
+        assert (received.data, received.ending) == (b"", "close_notify")
+        assert engine.finish() == (0, b"")
+        with pytest.raises(BrokenPipeError):
+            os.write(engine.to_app, b"reply")
+        os.close(engine.to_app)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize(("flag", "status"), [("-j", 0), ("-J", 98)])
+def test_peer_bare_fin(pki: Pki, network: Network, version: str, flag: str, status: int) -> None:
+    """A bare FIN after the request: the request is delivered either way;
+    -J makes the missing close_notify fatal, -j lets the reply go out."""
+    peer, engine = serve(pki, network, [flag, "--max-version", version])
+    peer.send(b"request")
+    peer.shutdown_write()
+    assert read_exactly(engine.from_app, 7) == b"request"
+    if status == 0:
+        assert read_to_eof(engine.from_app) == b""
+        os.write(engine.to_app, b"reply")
+        os.close(engine.to_app)
+        received = peer.receive_all()
+        assert (received.data, received.ending) == (b"reply", "eof")  # -s: a bare FIN
+        assert engine.finish() == (0, b"")
+    else:
+        assert read_to_eof(engine.from_app) == b""
+        code, err = engine.finish()
+        assert code == 98
+        assert "without a close_notify" in one_line(err, "s6-tlsd-io")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_client_engine_answers_the_servers_close_notify(
+    pki: Pki, network: Network, version: str
+) -> None:
+    """s6-tlsc-io against a server that speaks first and closes with
+    close_notify: the banner is delivered; under TLS 1.3 the client's reply
+    still goes out (our end a close_notify), under TLS 1.2 ours answers at
+    once."""
+    (client_read, client_write), (server_read, server_write) = network
+    engine = start_client(
+        ["-k", "localhost", "--max-version", version], client_read, client_write, pki.env()
+    )
+    for fd in {client_read, client_write}:
+        os.close(fd)
+    context = server_context(str(pki.server_pem))
+    peer = BioPeer(server_read, server_write, context, server_side=True)
+    peer.handshake()
+    peer.send(b"banner")
+    peer.send_close_notify()
+    assert read_to_eof(engine.from_app) == b"banner"
+    if version == "1.3":
+        os.write(engine.to_app, b"reply")
+        os.close(engine.to_app)
+        received = peer.receive_all()
+        assert (received.data, received.ending) == (b"reply", "close_notify")
+    else:
+        received = peer.receive_all()
+        assert (received.data, received.ending) == (b"", "close_notify")
+        os.close(engine.to_app)
+    assert engine.finish() == (0, b"")
+
+
+# -- 3. a client that stops reading ------------------------------------------------
+
+CLOG_SECONDS = 1.0  # no progress for this long: the pipeline is full
+
+
+def push_without_reading(sock: socket.socket, peer: BioPeer, total: int) -> int:
+    """Send ``total`` bytes of application data and read nothing back;
+    returns how many went out before the pipeline clogged (or all)."""
+    wire = memoryview(peer.encrypt(os.urandom(total)))
+    sent = 0
+    sock.setblocking(False)
+    while sent < len(wire):
+        _, writable, _ = select.select([], [sock], [], CLOG_SECONDS)
+        if not writable:
+            break
+        try:
+            sent += sock.send(wire[sent:])
+        except BlockingIOError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    return sent
+
+
+def leave(sock: socket.socket, how: str) -> None:
+    if how == "reset":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()  # unread echo queued: the kernel resets anyway
+
+
+def echo_once(pki: Pki, port: int, limit: float) -> None:
+    context = client_context(str(pki.ca_file))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=limit) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"ping\n")
+        assert tls.recv(5) == b"ping\n"
+
+
+def test_clients_that_stop_reading_free_their_slots(pki: Pki) -> None:
+    """Three clients send 1 MB to cat behind -c 3 and leave without reading
+    the echo: their slots come back, a fourth client is served, SIGTERM
+    completes."""
+    server, port = start_tlsserver(pki, ["-c", "3", "127.0.0.1", "0", "cat"])
+    try:
+        for how in ("close", "reset", "close"):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+            peer = BioPeer(sock.fileno(), sock.fileno(), client_context(str(pki.ca_file)))
+            peer.handshake()
+            push_without_reading(sock, peer, 1_000_000)
+            leave(sock, how)
+        started = time.monotonic()
+        echo_once(pki, port, limit=5)
+        assert time.monotonic() - started < 5
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=5)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate(timeout=TIMEOUT)
+    assert server.returncode == 0
+
+
+def test_chain_leaves_no_engine_or_prog_behind(pki: Pki) -> None:
+    """s6-tcpserver … s6-tlsd cat, a client that sends until the pipeline is full (8 MB or so) and leaves: the
+    engine child and cat end by themselves. They hold the server's stderr,
+    so its EOF after the server's own exit says that nobody is left."""
+    server = subprocess.Popen(
+        [program("s6-tcpserver"), "-1", "127.0.0.1", "0", program("s6-tlsd"), "cat"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=pki.env(),
+    )
+    try:
+        assert server.stdout is not None
+        readable, _, _ = select.select([server.stdout], [], [], TIMEOUT)
+        assert readable, "s6-tcpserver did not get ready"
+        port = int(server.stdout.readline())
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        peer = BioPeer(sock.fileno(), sock.fileno(), client_context(str(pki.ca_file)))
+        peer.handshake()
+        sent = push_without_reading(sock, peer, 32_000_000)
+        assert sent < 32_000_000, "the pipeline never filled up"
+        leave(sock, "close")
+        server.send_signal(signal.SIGTERM)  # s6-tcpserver leaves its children be
+        server.wait(timeout=TIMEOUT)
+        assert server.stderr is not None
+        readable, _, _ = select.select([server.stderr], [], [], 10)
+        assert readable and drain(server.stderr.fileno(), 10) == b"", (
+            "an engine or prog still holds the server's stderr"
+        )
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.communicate(timeout=TIMEOUT)
+
+
+def drain(fd: int, limit: float) -> bytes:
+    """Read ``fd`` until EOF within ``limit`` seconds; what is left unread
+    past the limit (b"" means EOF came in time)."""
+    deadline = time.monotonic() + limit
+    while True:
+        readable, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        if not readable:
+            return b"(no EOF)"
+        if not os.read(fd, 65536):
+            return b""

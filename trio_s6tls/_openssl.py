@@ -1,0 +1,88 @@
+"""Send our close_notify with exactly one call of OpenSSL's ``SSL_shutdown``.
+
+The standard library offers only ``unwrap()``, which calls ``SSL_shutdown``
+a second time once the first has sent the alert. That second call reads the
+peer's records in search of its close_notify, and fails on application data
+(``APPLICATION_DATA_AFTER_CLOSE_NOTIFY``), throwing the data away. Under
+TLS 1.3 a close_notify closes one direction only (RFC 8446, section 6.1):
+after ours the peer may go on sending, and we must go on reading
+(``SSL_read`` allows that). So we make the one call ourselves, through
+:mod:`ctypes`, on the ``SSL *`` that Python's ``_ssl`` object wraps.
+
+Finding that pointer relies on the layout of CPython's ``PySSLSocket``
+(the object header, then ``Socket``, ``ssl``, ``ctx``, two small fields,
+then ``owner``), unchanged from 3.7 to 3.13. It is checked before use: the
+``owner`` slot must hold a weak reference to the very ``SSLSocket`` or
+``SSLObject`` we hold. If the check fails (another interpreter, a changed
+layout), :func:`send_close_notify_once` returns ``False`` and the caller
+falls back to ``unwrap()``.
+"""
+
+from __future__ import annotations
+
+import _ssl
+import ctypes
+import ssl
+import weakref
+
+_POINTER = ctypes.sizeof(ctypes.c_void_p)
+_HEADER = object.__basicsize__
+_SSL_OFFSET = _HEADER + _POINTER  # after the ``Socket`` weak reference
+_OWNER_OFFSET = _HEADER + 4 * _POINTER  # after Socket, ssl, ctx and two small fields
+
+_SSL_ERROR_WANT_READ = 2
+_SSL_ERROR_WANT_WRITE = 3
+
+
+def _load() -> ctypes.CDLL | None:
+    try:
+        # The _ssl extension's handle resolves the symbols of the libssl it
+        # is linked with: the very library that made our SSL objects.
+        library = ctypes.CDLL(_ssl.__file__)
+        library.SSL_shutdown.argtypes = [ctypes.c_void_p]
+        library.SSL_shutdown.restype = ctypes.c_int
+        library.SSL_get_error.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        library.SSL_get_error.restype = ctypes.c_int
+        library.ERR_clear_error.argtypes = []
+        library.ERR_clear_error.restype = None
+    except (OSError, AttributeError):
+        return None
+    if _ssl._SSLSocket.__basicsize__ < _OWNER_OFFSET + _POINTER:  # type: ignore[attr-defined]
+        return None
+    return library
+
+
+_LIBRARY = _load()
+
+
+def _ssl_pointer(connection: ssl.SSLSocket | ssl.SSLObject) -> int | None:
+    """The ``SSL *`` behind ``connection``, or None if the layout check fails."""
+    inner = getattr(connection, "_sslobj", None)
+    if inner is None or type(inner) is not _ssl._SSLSocket:  # type: ignore[attr-defined]
+        return None
+    base = id(inner)
+    owner = ctypes.c_void_p.from_address(base + _OWNER_OFFSET).value
+    if owner is None or owner not in {id(ref) for ref in weakref.getweakrefs(connection)}:
+        return None
+    return ctypes.c_void_p.from_address(base + _SSL_OFFSET).value
+
+
+def send_close_notify_once(connection: ssl.SSLSocket | ssl.SSLObject) -> bool:
+    """Queue our close_notify and write it (one ``SSL_shutdown``); reading
+    stays possible. Returns False if this interpreter does not allow it.
+    Raises ``ssl.SSLWantWriteError`` when the socket is full (call again
+    once writable: OpenSSL then only finishes writing the alert), and
+    ``ssl.SSLError`` for any other failure."""
+    pointer = _ssl_pointer(connection) if _LIBRARY is not None else None
+    if pointer is None or _LIBRARY is None:
+        return False
+    result = _LIBRARY.SSL_shutdown(pointer)
+    if result >= 0:
+        return True
+    error = _LIBRARY.SSL_get_error(pointer, result)
+    _LIBRARY.ERR_clear_error()  # leave no stale entry for Python's next call
+    if error == _SSL_ERROR_WANT_WRITE:
+        raise ssl.SSLWantWriteError(error, "close_notify not yet written")
+    if error == _SSL_ERROR_WANT_READ:  # nothing left to send: the alert is out
+        return True
+    raise ssl.SSLError(error, "unable to send close_notify")
