@@ -959,6 +959,8 @@ class ErrorCase:
     server_flags: tuple[str, ...] = ()
     client_env: Callable[[CPki], dict[str, str]] | None = None
     server_env: Callable[[CPki], dict[str, str]] | None = None
+    #: False where the client's code is a race in C↔C too (98 or 111)
+    compare_client: bool = True
 
 
 def _garbage_key(pki: CPki) -> dict[str, str]:
@@ -970,18 +972,26 @@ def _garbage_key(pki: CPki) -> dict[str, str]:
 ERROR_CASES = {
     "wrong CA": ErrorCase(client_env=lambda pki: {"CAFILE": str(pki.other_ca)}),
     "missing CAFILE": ErrorCase(client_env=lambda pki: {}),
-    "missing CERTFILE": ErrorCase(server_env=lambda pki: {"KEYFILE": str(pki.server.key)}),
-    "unparsable KEYFILE": ErrorCase(server_env=_garbage_key),
+    # Where the server gives up first, the client's end is a race even in C↔C:
+    # EOF (98), or a reset or EPIPE (111) when its ClientHello or certificate
+    # was already on the way (measured C↔C: 5 to 14 runs in 30 end 111).
+    "missing CERTFILE": ErrorCase(
+        server_env=lambda pki: {"KEYFILE": str(pki.server.key)}, compare_client=False
+    ),
+    "unparsable KEYFILE": ErrorCase(server_env=_garbage_key, compare_client=False),
     "mandatory client cert, none sent": ErrorCase(
-        server_flags=("-y",), server_env=lambda pki: pki.server_env(verify_clients=True)
+        server_flags=("-y",),
+        server_env=lambda pki: pki.server_env(verify_clients=True),
+        compare_client=False,
     ),
 }
 
 
 @pytest.mark.parametrize("case", ERROR_CASES)
 def test_error_exit_codes(case: str, c_tools: Tools, c_pki: CPki) -> None:  # noqa: F811
-    """A failing handshake or configuration: every exit code (and what the
-    applications got, i.e. nothing) equals the C↔C one."""
+    """A failing handshake or configuration: both exit codes equal the C↔C
+    ones, and no application gets a byte. (Whether an application's first
+    write fits in the pipe before its engine dies is timing, not compared.)"""
     tools = {"c": c_tools, "ours": ours()}
     error = ERROR_CASES[case]
     scenario = both_ways(16 * KIB, 16 * KIB)
@@ -1005,8 +1015,19 @@ def test_error_exit_codes(case: str, c_tools: Tools, c_pki: CPki) -> None:  # no
         for pair, o in results.items()
     ]
     print("\n".join(lines))
-    assert reference.client_got == reference.server_got == "-", reference
-    differing = {pair_name(*pair): (o, o.stderr) for pair, o in results.items() if o != reference}
+    for pair, o in results.items():
+        assert o.client_got == o.server_got == "-", (pair_name(*pair), o)
+        if not error.compare_client:
+            assert o.client_exit in (98, 111), (pair_name(*pair), o)
+
+    def codes(o: Outcome) -> tuple[int | str, ...]:
+        return (o.client_exit, o.server_exit) if error.compare_client else (o.server_exit,)
+
+    differing = {
+        pair_name(*pair): (o, o.stderr)
+        for pair, o in results.items()
+        if codes(o) != codes(reference)
+    }
     assert not differing, (
         "\n".join(lines)
         + f"\nC↔C stderr:\n{reference.stderr}\n"
