@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -192,3 +193,13 @@ def connect_and_serve(
     engine = serve_one(listener, args, env or pki.env(), extra)
     thread.join(TIMEOUT)
     return result["sock"], engine  # type: ignore[return-value]
+
+
+def openssl_port(s_server: subprocess.Popen[bytes]) -> int:
+    """The port from s_server's ``ACCEPT 127.0.0.1:PORT`` line."""
+    assert s_server.stdout is not None
+    for _ in range(5):
+        found = re.match(rb"ACCEPT .*:(\d+)$", s_server.stdout.readline().strip())
+        if found:
+            return int(found.group(1))
+    raise AssertionError("openssl s_server did not say where it listens")

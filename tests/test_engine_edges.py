@@ -27,7 +27,7 @@ import time
 
 import pytest
 from conftest import Network, Pki, program
-from engine_util import TIMEOUT, Engine, Sink, one_line, start_client, start_server
+from engine_util import TIMEOUT, Engine, Sink, one_line, openssl_port, start_client, start_server
 from tls_peer import CORRUPT_RECORD, BioPeer, client_context, server_context
 
 VERSIONS = ["1.2", "1.3"]
@@ -352,3 +352,78 @@ def drain(fd: int, limit: float) -> bytes:
             return b"(no EOF)"
         if not os.read(fd, 65536):
             return b""
+
+
+# -- 2b. the close model against OpenSSL's own tools ----------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_our_close_notify_against_openssl_s_server(pki: Pki, version: str) -> None:
+    """s6-tlsc-io -S -J sends a line and closes with close_notify;
+    ``s_server -rev`` answers the line, then its own close_notify.
+    TLS 1.3: the answer, sent after our close_notify, is delivered. TLS 1.2:
+    it is discarded if it comes after our close_notify (a race with
+    s_server here; test_peer_data_after_our_close_notify pins it down).
+    Either way the end is clean: s_server's close_notify passes -J."""
+    s_server = subprocess.Popen(
+        ["openssl", "s_server", "-rev", "-naccept", "1", "-accept", "127.0.0.1:0"]
+        + ["-cert", str(pki.server_pem), f"-tls{version.replace('.', '_')}"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        port = openssl_port(s_server)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        client = start_client(
+            ["-S", "-J", "-k", "localhost"], sock.fileno(), sock.fileno(), pki.env()
+        )
+        sock.close()
+        os.write(client.to_app, b"hello s_server\n")
+        os.close(client.to_app)
+        answer = read_to_eof(client.from_app)
+        if version == "1.3":
+            assert answer == b"revres_s olleh\n"
+        else:
+            assert answer in (b"", b"revres_s olleh\n")
+        assert client.finish() == (0, b"")
+    finally:
+        s_server.kill()
+        s_server.communicate(timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_openssl_s_client_close_notify(pki: Pki, version: str) -> None:
+    """``s_client`` sends a line and, at the end of its input, its
+    close_notify, then closes (it does not wait for ours). s6-tlsd-io -J
+    delivers the line, then EOF, and takes the close_notify as a clean end.
+    TLS 1.2: it answers and exits by itself, the application's side still
+    open. TLS 1.3: it waits for the application's end (here, at once)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        s_client = subprocess.Popen(
+            ["openssl", "s_client", "-no_ign_eof", "-CAfile", str(pki.ca_file)]
+            + ["-servername", "localhost", f"-tls{version.replace('.', '_')}"]
+            + ["-connect", f"127.0.0.1:{listener.getsockname()[1]}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        listener.settimeout(TIMEOUT)
+        accepted, _ = listener.accept()
+    server = start_server(["-J"], accepted.fileno(), accepted.fileno(), pki.env())
+    accepted.close()
+    try:
+        assert s_client.stdin is not None
+        s_client.stdin.write(b"ping from openssl\n")
+        s_client.stdin.close()
+        assert read_to_eof(server.from_app) == b"ping from openssl\n"
+        if version == "1.3":
+            os.close(server.to_app)
+        assert server.finish() == (0, b"")
+        if version == "1.2":
+            os.close(server.to_app)
+        assert s_client.wait(timeout=TIMEOUT) == 0
+    finally:
+        if s_client.poll() is None:
+            s_client.kill()
+            s_client.wait(timeout=TIMEOUT)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import socket
 import ssl
 import struct
@@ -27,6 +26,7 @@ from engine_util import (
     accept_one,
     connect_and_serve,
     one_line,
+    openssl_port,
     read_all,
     serve_one,
     start_client,
@@ -125,16 +125,6 @@ def test_tlsd_io_with_openssl_s_client(pki: Pki) -> None:
     assert server.finish() == (0, b"")
     variables = decode_notification(read_all(notify[0]))
     assert variables["SSL_TLS_SNI_SERVERNAME"] == "localhost"
-
-
-def openssl_port(s_server: subprocess.Popen[bytes]) -> int:
-    """The port from s_server's ``ACCEPT 127.0.0.1:PORT`` line."""
-    assert s_server.stdout is not None
-    for _ in range(5):
-        found = re.match(rb"ACCEPT .*:(\d+)$", s_server.stdout.readline().strip())
-        if found:
-            return int(found.group(1))
-    raise AssertionError("openssl s_server did not say where it listens")
 
 
 def test_tlsc_io_with_openssl_s_server(pki: Pki) -> None:
