@@ -157,18 +157,23 @@ class _Tunnel:
         if self.down_scope.cancelled_caught:
             return  # the bounded drain is over
         ending = tls.records.ending()
-        if not self.discarding:
-            if ending == "truncated":
-                raise Fatal(EXIT_TLS, "network stream ended in the middle of a TLS record")
-            if ending == "ragged" and self.options.enforce_close_notify:
-                raise Fatal(EXIT_TLS, "peer closed the connection without a close_notify")
-            try:
-                await self.local.send_eof()
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
         if ending == "close_notify" and not self.tls13:
-            self.up_stopped = True  # rule 3: answer now, whatever prog still writes
+            # Rule 3: answer now, whatever the application still writes. Its
+            # input is closed with the rest when the tunnel ends, the fd we
+            # read from first: it meets EPIPE, not a write that vanishes.
+            self.up_stopped = True
             self.up_reading.cancel()
+            return
+        if self.discarding:
+            return
+        if ending == "truncated":
+            raise Fatal(EXIT_TLS, "network stream ended in the middle of a TLS record")
+        if ending == "ragged" and self.options.enforce_close_notify:
+            raise Fatal(EXIT_TLS, "peer closed the connection without a close_notify")
+        try:
+            await self.local.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
     async def up(self) -> None:
         """Local → network (rules 2 and 6)."""
@@ -229,8 +234,10 @@ async def tunnel(
     tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions
 ) -> None:
     """Move data both ways after the handshake until neither direction can
-    carry more (rules 2–6 above). Raises the first :class:`Fatal`; does not
-    close ``tls`` or ``local``."""
+    carry more (rules 2–7 above). Raises the first :class:`Fatal`. Does not
+    close ``tls`` or ``local``: close both when it returns (with
+    ``local`` an :class:`FdPairStream`, the side it reads first) — after a
+    TLS 1.2 close_notify that close is the application's EOF."""
     failure: list[Fatal] = []
     pumps = _Tunnel(tls, local, options)
 
