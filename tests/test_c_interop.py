@@ -672,7 +672,12 @@ def test_engines_exchange(
     o = run_engines(tools[pair[0]], tools[pair[1]], (), (), scenario, c_pki)
     expected_up = pattern(f"{scenario.name}/UP", up)
     expected_down = pattern(f"{scenario.name}/DOWN", down)
-    assert (o.client_exit, o.server_exit) == (0, 0), o.stderr
+    # With nothing to send, the server's FIN follows its Finished at once; the
+    # C client, reading both in one go, calls that "closed during the
+    # handshake" (sbearssl_run marks the handshake done only at the top of its
+    # loop): C↔C ends 98/0 every time (40 runs in 40), C↔ours now and then.
+    client_codes = {0, 98} if pair[0] == "c" and not down else {0}
+    assert o.client_exit in client_codes and o.server_exit == 0, o.stderr
     assert (o.client_wrote, o.server_wrote) == ("UP", "DOWN"), o
     assert o.server_sha256 == hashlib.sha256(expected_up).hexdigest(), o
     assert o.client_sha256 == hashlib.sha256(expected_down).hexdigest(), o
