@@ -45,11 +45,35 @@ class Opt:
         self.parse = parse
 
 
-def uint(text: str) -> int:
-    """A non-negative decimal integer, as s6 tools accept it."""
-    if not text.isdigit():
-        raise ValueError(f"not a non-negative integer: {text!r}")
+#: The C tools read numbers into an ``unsigned int``; larger is a usage error.
+UINT_MAX = 2**32 - 1
+#: File descriptor numbers are C ints.
+FD_MAX = 2**31 - 1
+#: ``(uid_t)-1`` and ``(gid_t)-1`` mean "no change" to the system calls.
+ID_MAX = 2**32 - 2
+
+
+def uint(text: str, maximum: int = UINT_MAX) -> int:
+    """A non-negative decimal integer (ASCII digits) up to ``maximum``, as
+    s6 tools accept it."""
+    if not (text.isascii() and text.isdigit()) or int(text) > maximum:
+        raise ValueError(f"not an integer from 0 to {maximum}: {text!r}")
     return int(text)
+
+
+def fd_number(text: str) -> int:
+    """A file descriptor number (``-6``, ``-7``, ``-d``, fd operands)."""
+    return uint(text, FD_MAX)
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 to 65535, as the C tools' ``uint16_scan``."""
+    return uint(text, 65535)
+
+
+def id_number(text: str) -> int:
+    """A uid or gid."""
+    return uint(text, ID_MAX)
 
 
 class Parsed:
@@ -120,6 +144,7 @@ class Program:
         """Parse ``argv`` and call ``run``; turn every expected failure into
         the one-line message and exit code of SPEC.md."""
         args = sys.argv[1:] if argv is None else list(argv)
+        _reserve_stderr()
         try:
             parsed = parse_options(args, options)
             if parsed.help:
@@ -137,9 +162,24 @@ class Program:
             return self.report(Fatal(EXIT_SYSTEM, str(error)))
 
 
+def _reserve_stderr() -> None:
+    """Started with fd 2 closed: put /dev/null there, so that no socket or
+    pipe we open later takes fd 2 and receives our log lines."""
+    import os
+
+    try:
+        os.fstat(2)
+    except OSError:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        if fd != 2:
+            os.dup2(fd, 2)
+            os.close(fd)
+        os.set_inheritable(2, True)  # prog's stderr too
+
+
 def fd_operand(text: str) -> int:
     try:
-        return uint(text)
+        return fd_number(text)
     except ValueError:
         raise UsageError(f"not a file descriptor: {text!r}") from None
 
@@ -148,7 +188,10 @@ __all__ = [
     "Opt",
     "Parsed",
     "Program",
+    "fd_number",
     "fd_operand",
+    "id_number",
     "parse_options",
+    "port_number",
     "uint",
 ]
