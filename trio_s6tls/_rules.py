@@ -11,7 +11,12 @@ decision at all means deny.
 the value, an empty file unsets the variable) and ``exec`` (a command line
 that replaces prog, split like a shell would, without a shell).
 
-:func:`candidate_keys` and :func:`parse_env_file` are pure; :func:`lookup`
+Every file is a regular file, opened non-blocking and read with a bound
+(:data:`EXEC_MAX`, :data:`ENV_VALUE_MAX`, the C backend's sizes): a FIFO, a
+device or a huge file in the rules directory costs the connection it
+decides on, never a stall or the memory of the whole server.
+
+:func:`candidate_keys`, :func:`parse_env_file` and :func:`parse_exec_file` are pure; :func:`lookup`
 reads the directory. The CDB form (``-x``) is not supported: no maintained
 Python CDB reader exists (``python-cdb`` and ``cdblib`` were last released in
 2013 and 2009).
@@ -22,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
+import stat
 from dataclasses import dataclass, field
 
 from ._errors import EXIT_SYSTEM, Fatal, describe_os_error
@@ -56,13 +62,68 @@ def candidate_keys(address: str) -> list[str]:
     return keys
 
 
+#: ``exec`` is read into 4096 bytes, as the C backend does (it truncates
+#: silently; a longer file is refused here, a cut command line being worse).
+EXEC_MAX = 4096
+#: An ``env/`` value is the first line of the file's first 4095 bytes, as
+#: skalibs' envdir reads it (``MAXVARSIZE``); a longer first line is refused.
+ENV_VALUE_MAX = 4095
+
+
+class RuleError(Exception):
+    """An entry that cannot be used: it costs its own connection only."""
+
+
 def parse_env_file(content: bytes) -> str | None:
-    """An ``env/`` file's value: its first line without trailing blanks,
-    NULs read as newlines (envdir rules); empty file → ``None`` (unset)."""
+    """An ``env/`` file's value: its first line without trailing blanks
+    (space, tab, CR), NULs read as newlines (envdir rules); empty file →
+    ``None`` (unset). A first line over :data:`ENV_VALUE_MAX` bytes is a
+    :class:`RuleError`."""
     if not content:
         return None
-    first = content.split(b"\n", 1)[0].rstrip(b" \t").replace(b"\0", b"\n")
+    first = content.split(b"\n", 1)[0]
+    if len(first) > ENV_VALUE_MAX:
+        raise RuleError(f"first line longer than {ENV_VALUE_MAX} bytes")
+    first = first.rstrip(b" \t\r").replace(b"\0", b"\n")
     return first.decode("utf-8", "surrogateescape")
+
+
+def parse_exec_file(content: bytes) -> list[str] | None:
+    """``exec``: a command line split like a shell would (no shell);
+    ``None`` if it holds no word."""
+    if len(content) > EXEC_MAX:
+        raise RuleError(f"longer than {EXEC_MAX} bytes")
+    if b"\0" in content:
+        raise RuleError("holds a NUL byte")
+    try:
+        return shlex.split(content.decode("utf-8", "surrogateescape")) or None
+    except ValueError as error:  # an unterminated quote...
+        raise RuleError(str(error)) from None
+
+
+def read_regular(path: str, limit: int) -> bytes | None:
+    """At most ``limit + 1`` bytes of the regular file ``path`` (so that the
+    caller sees it is too long), ``None`` if it does not exist. Opened
+    non-blocking and checked with ``fstat``: a FIFO or a device is refused
+    without waiting for a writer, and nothing else gets read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RuleError("not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _read_env_dir(path: str) -> dict[str, str | None]:
@@ -74,8 +135,13 @@ def _read_env_dir(path: str) -> dict[str, str | None]:
     for name in names:
         if name.startswith(".") or "=" in name:
             continue
-        with open(os.path.join(path, name), "rb") as file:
-            variables[name] = parse_env_file(file.read())
+        try:
+            content = read_regular(os.path.join(path, name), ENV_VALUE_MAX)
+            if content is None:  # gone since listdir: as envdir, an error
+                raise RuleError("vanished while reading")
+            variables[name] = parse_env_file(content)
+        except RuleError as error:
+            raise RuleError(f"env/{name}: {error}") from None
     return variables
 
 
@@ -85,17 +151,21 @@ def _decide(entry: str, key: str) -> Decision | None:
     if not os.path.exists(os.path.join(entry, "allow")):
         return None
     argv = None
-    try:
-        with open(os.path.join(entry, "exec"), encoding="utf-8", errors="surrogateescape") as file:
-            argv = shlex.split(file.read()) or None
-    except FileNotFoundError:
-        pass
+    content = read_regular(os.path.join(entry, "exec"), EXEC_MAX)
+    if content is not None:
+        try:
+            argv = parse_exec_file(content)
+        except RuleError as error:
+            raise RuleError(f"exec: {error}") from None
     return Decision(True, key, _read_env_dir(os.path.join(entry, "env")), argv)
 
 
 def lookup(rules_dir: str, address: str) -> Decision:
-    """The decision of ``rules_dir`` for the client ``address``. An I/O
-    error (other than a missing entry) is a :class:`Fatal` (111)."""
+    """The decision of ``rules_dir`` for the client ``address``. Blocking
+    (file system calls): the server runs it in a thread. An unusable entry
+    or an I/O error (other than a missing entry) is a :class:`Fatal`
+    (111) that names the entry."""
+    key = None
     try:
         for key in candidate_keys(address):
             entry = os.path.join(rules_dir, key)
@@ -105,8 +175,9 @@ def lookup(rules_dir: str, address: str) -> Decision:
                     return decision
     except OSError as error:
         raise Fatal(
-            EXIT_SYSTEM, f"unable to read rules in {rules_dir}: {describe_os_error(error)}"
+            EXIT_SYSTEM,
+            f"unable to read rule {key} in {rules_dir}: {describe_os_error(error)}",
         ) from None
-    except ValueError as error:  # a malformed exec line
-        raise Fatal(EXIT_SYSTEM, f"invalid rule for {address}: {error}") from None
+    except RuleError as error:
+        raise Fatal(EXIT_SYSTEM, f"invalid rule {key} in {rules_dir}: {error}") from None
     return Decision(False)
