@@ -12,7 +12,8 @@ Theory of operation (DESIGN.md, "Process model"):
    ``TCPCONNNUM`` is that count, this connection included.
 3. **Access rules** (``-i``), then the **PROXY header** (``-L``, which
    replaces the addresses in the environment), then the **banner** (``-B``);
-   lookups and the PROXY wait are bounded by ``-t``.
+   the rules lookup (in a thread: it reads files), name lookups and the
+   PROXY wait are bounded by ``-t``.
 4. **TLS** (when ``config.context`` is set): the handshake under ``-K`` on
    the accepted socket itself (:func:`~trio_s6tls._engine.tls_over`), with
    the context current at that moment (a reload only affects new
@@ -29,6 +30,11 @@ Theory of operation (DESIGN.md, "Process model"):
    if the server itself is cancelled, remaining progs are killed, then
    reaped. Signals meant for every prog (SIGHUP...) also reach the ones
    still being spawned.
+7. **Stopping** (:meth:`Server.stop`, SIGTERM): the listeners close, and so
+   does every connection whose prog has not started yet — each runs in a
+   cancel scope of its own until the moment prog is spawned — whatever it
+   was waiting for (a handshake, a PROXY header, a lookup); the
+   connections with a running prog end on their own.
 
 Nothing in one connection waits on another: each runs in its own task, and
 blocking work (name lookups, spawning) runs in threads. An unexpected
@@ -47,7 +53,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,12 +63,13 @@ import trio
 from . import _proxy, _rules
 from ._engine import establish, tls_over, tunnel
 from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, describe_os_error
+from ._exec import flush_stdio
 from ._fdstreams import FdPairStream
 from ._handshake_info import apply_variables, describe_variables
+from ._identity import assume, server_identity
 from ._log import Log
 from ._tlsconfig import (
     TLSOptions,
-    drop_privileges,
     is_tls_variable,
     parse_identity,
     server_context,
@@ -107,7 +113,9 @@ class ServerConfig:
     local_name: str | None = None  # -l
     warn_lookup_failure: bool = True  # -W / -w
     nodelay: bool = False  # -D
-    uid: int | None = None  # -u / -U: prog's identity
+    # prog's identity, set at each spawn (needs root). The programs leave it
+    # unset: the server process itself takes -u/-g/-G, and prog inherits it.
+    uid: int | None = None
     gid: int | None = None
     groups: list[int] | None = None
     keep_env: bool = False  # -Z: leave CERTFILE, KEYFILE... in prog's env
@@ -231,7 +239,11 @@ class Server:
         self.accept_scope = trio.CancelScope()
         self.cancel_scope = trio.CancelScope()
         self.lookup_threads = trio.CapacityLimiter(max(config.max_conn, 1))
+        self.rules_threads = trio.CapacityLimiter(max(config.max_conn, 1))
         self.spawn_threads = trio.CapacityLimiter(SPAWN_THREADS)
+        # One cancel scope per connection whose prog has not started yet.
+        self.waiting: set[trio.CancelScope] = set()
+        self.stopping = False
         self.abandon_children = False
         self.addresses: list[tuple[str, int]] = []
         self.connections_served = 0
@@ -245,6 +257,16 @@ class Server:
         """Close the listeners; :func:`serve` returns once every open
         connection has ended."""
         self.accept_scope.cancel()
+
+    def stop(self) -> None:
+        """SIGTERM: stop accepting, and close at once every connection whose
+        prog has not started (idle clients, handshakes, PROXY headers);
+        :func:`serve` returns when the connections with a running prog have
+        ended."""
+        self.stopping = True
+        self.stop_accepting()
+        for scope in list(self.waiting):
+            scope.cancel()
 
     def signal_children(self, signum: int) -> None:
         """Send ``signum`` to every running prog, and to those being spawned
@@ -307,6 +329,10 @@ class Server:
         self.per_ip[ip] += 1
         self.connections_served += 1
         record = ConnectionRecord({}, None, 0, remote)
+        waiting = trio.CancelScope()  # until prog starts (see stop)
+        self.waiting.add(waiting)
+        if self.stopping:
+            waiting.cancel()
         try:
             count = self.per_ip[ip]
             if count > config.max_per_ip:
@@ -314,7 +340,11 @@ class Server:
                 record.refused = "per-ip limit"
                 return
             log.info(f"allow? {ip} port {remote[1]} (connection {count} from it)", level=3)
-            await self._serve_one(sock, local, remote, count, record)
+            with waiting:
+                await self._serve_one(sock, local, remote, count, record, waiting)
+            if waiting.cancelled_caught:
+                log.info(f"closing {ip} port {remote[1]}: the server is stopping", level=2)
+                record.refused = "server stopping"
         except Refused as refusal:
             record.refused = str(refusal)
         except Fatal as error:
@@ -334,6 +364,7 @@ class Server:
                     f" engine {record.engine_status}",
                     level=2,
                 )
+            self.waiting.discard(waiting)
             sock.close()
             self.per_ip[ip] -= 1
             if not self.per_ip[ip]:
@@ -349,6 +380,7 @@ class Server:
         remote: tuple[str, int],
         count: int,
         record: ConnectionRecord,
+        waiting: trio.CancelScope,
     ) -> None:
         config = self.config
         log = config.log
@@ -356,7 +388,7 @@ class Server:
         env = self._base_env()
         rules_env: dict[str, str | None] = {}
         if config.rules_dir is not None:
-            decision = _rules.lookup(config.rules_dir, remote[0])
+            decision = await self._rules_decision(config.rules_dir, remote)
             if not decision.allowed:
                 log.info(f"deny {remote[0]} port {remote[1]}", level=2)
                 raise Refused("denied by rules")
@@ -386,9 +418,28 @@ class Server:
         if config.banner:
             await _send_all(sock, config.banner)
         if config.context is None:
-            await self._run_plain(sock, argv, env, record)
+            await self._run_plain(sock, argv, env, record, waiting)
         else:
-            await self._run_tls(sock, config.context, argv, env, record)
+            await self._run_tls(sock, config.context, argv, env, record, waiting)
+
+    async def _prog_starting(self, waiting: trio.CancelScope) -> None:
+        """From here on, stopping the server no longer closes this
+        connection: it waits for its prog."""
+        self.waiting.discard(waiting)
+        await trio.lowlevel.checkpoint_if_cancelled()  # stopped just before: no prog
+
+    async def _rules_decision(self, rules_dir: str, remote: tuple[str, int]) -> _rules.Decision:
+        """``-i``: the lookup reads files, so it runs in a thread, under ``-t``."""
+        with self._bounded():
+            return await trio.to_thread.run_sync(
+                _rules.lookup,
+                rules_dir,
+                remote[0],
+                limiter=self.rules_threads,
+                abandon_on_cancel=True,  # a stuck file system keeps the thread, not us
+            )
+        self.config.log.warn(f"rules lookup for {remote[0]} port {remote[1]} timed out")
+        raise Refused("rules lookup timed out")
 
     def _base_env(self) -> dict[str, str]:
         config = self.config
@@ -512,8 +563,10 @@ class Server:
         argv: list[str],
         env: dict[str, str],
         record: ConnectionRecord,
+        waiting: trio.CancelScope,
     ) -> None:
         """s6-tcpserver: the socket itself is prog's stdin and stdout."""
+        await self._prog_starting(waiting)
         raw = socket.socket(fileno=sock.detach())
         try:
             raw.setblocking(True)  # O_NONBLOCK is shared with prog's copy
@@ -533,6 +586,7 @@ class Server:
         argv: list[str],
         env: dict[str, str],
         record: ConnectionRecord,
+        waiting: trio.CancelScope,
     ) -> None:
         config = self.config
         options = config.tls_options
@@ -553,6 +607,7 @@ class Server:
                 raise
             config.log.info(describe_variables(variables), level=2)
             apply_variables(env, variables)
+            await self._prog_starting(waiting)
             to_prog_read, to_prog_write, from_prog_read, from_prog_write = _two_pipes()
             try:
                 process = await self._spawn(argv, env, stdin=to_prog_read, stdout=from_prog_write)
@@ -652,7 +707,9 @@ async def serve(
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve connections on ``listeners`` until :meth:`Server.stop_accepting`
-    (then return once every open connection has ended) or cancellation (then
+    (then return once every open connection has ended), :meth:`Server.stop`
+    (the same, but the connections whose prog has not started are closed at
+    once) or cancellation (then
     every prog still running is killed and reaped, unless
     :meth:`Server.exit_now` was asked to abandon them).
 
@@ -695,7 +752,7 @@ def bind(ip: str, port: int, backlog: int, *, reuse_port: bool = False) -> socke
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((ip, port))
-        sock.listen(backlog)
+        sock.listen(min(backlog, 2**31 - 1))  # the kernel caps it at somaxconn anyway
     except OSError as error:
         sock.close()
         raise Fatal(
@@ -711,9 +768,16 @@ def listener_from(sock: socket.socket) -> trio.SocketListener:
 
 # -- the programs: s6-tcpserver and s6-tlsserver ---------------------------
 
-#: Signals the programs act on; blocked from start-up until a handler is in
+#: Signals the programs act on; blocked from binding until a handler is in
 #: place, so that one sent right after the readiness line is not lost.
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGABRT, signal.SIGUSR1)
+HANDLED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGABRT,
+    signal.SIGUSR1,
+)
 
 
 def configure_resumption(context: ssl.SSLContext, enabled: bool) -> ssl.SSLContext:
@@ -763,39 +827,45 @@ def config_from_settings(
 
 def launch_program(name: str, settings: Mapping[str, Any]) -> int:
     """Everything s6-tcpserver / s6-tlsserver do after parsing options:
-    load the TLS context (errors before any network I/O), bind, drop to
-    ``TLS_UID``/``TLS_GID``, announce readiness (``-1``), then serve in this
-    process or in ``--workers`` forked processes (forked before ``trio.run``,
-    each with its own ``SO_REUSEPORT`` socket on the same port)."""
+    load the TLS context and check the identity (errors before any network
+    I/O), bind, become the server's identity (:mod:`._identity`: ``-u``,
+    ``-g``, ``-G``, ``-U``, ``TLS_UID``/``TLS_GID``; prog inherits it),
+    announce readiness (``-1``), then serve in this process or in
+    ``--workers`` forked processes (forked before ``trio.run``, each with
+    its own ``SO_REUSEPORT`` socket on the same port)."""
     log = Log(name, settings["verbosity"])
     env = dict(os.environ)
     tls_options: TLSOptions | None = settings.get("tls_options")
     resumption = bool(settings.get("resumption", False))
     context: ssl.SSLContext | None = None
     reload: Callable[[], ssl.SSLContext] | None = None
-    identity: tuple[int | None, int | None] = (None, None)
+    tls_ids: tuple[int | None, int | None] = (None, None)
     if tls_options is not None:
         options = tls_options
-        identity = parse_identity(env)
+        tls_ids = parse_identity(env)
 
         def load_context() -> ssl.SSLContext:
             return configure_resumption(server_context(os.environ, options), resumption)
 
         context = load_context()
         reload = load_context
+    identity = server_identity(
+        settings["uid"], settings["gid"], settings["groups"], tls_ids, as_root=os.geteuid() == 0
+    )
     rules_dir = settings["rules_dir"]
     if rules_dir is not None and not os.path.isdir(rules_dir):
         raise Fatal(EXIT_SYSTEM, f"unable to read rules directory {rules_dir}")
     config = config_from_settings(settings, context=context, base_env=env, log=log)
+    config.uid = config.gid = config.groups = None  # prog inherits the server's identity
     workers = settings["workers"]
     backlog = settings["backlog"] if settings["backlog"] is not None else socket.SOMAXCONN
-    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     first = bind(settings["ip"], settings["port"], backlog, reuse_port=workers > 1)
     port = first.getsockname()[1]
     sockets = [first] + [
         bind(settings["ip"], port, backlog, reuse_port=True) for _ in range(workers - 1)
     ]
-    drop_privileges(*identity)
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)  # until the handlers are in place
+    assume(identity)  # bound and keys loaded: no TLS code runs as root from here on
     if settings["readiness"]:
         _announce(port)
     if workers == 1:
@@ -821,18 +891,24 @@ def _run_worker(
     async def main() -> int:
         with trio.open_signal_receiver(*HANDLED_SIGNALS) as receiver:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-            async with trio.open_nursery() as nursery:
+            try:
+                async with trio.open_nursery() as nursery:
 
-                async def serve_then_stop(
-                    task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-                ) -> None:
-                    try:
-                        await serve([listener_from(sock)], config, task_status=task_status)
-                    finally:
-                        nursery.cancel_scope.cancel()
+                    async def serve_then_stop(
+                        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+                        try:
+                            await serve([listener_from(sock)], config, task_status=task_status)
+                        finally:
+                            nursery.cancel_scope.cancel()
 
-                server: Server = await nursery.start(serve_then_stop)
-                nursery.start_soon(_obey_signals, receiver, server, reload)
+                    server: Server = await nursery.start(serve_then_stop)
+                    nursery.start_soon(_obey_signals, receiver, server, reload)
+            finally:
+                # Done serving: a late signal (a second SIGINT, one the
+                # supervisor forwards) must not kill us with its default
+                # action once the receiver is gone.
+                signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         return 0
 
     return trio.run(main)
@@ -841,13 +917,19 @@ def _run_worker(
 async def _obey_signals(
     receiver: AsyncIterator[int], server: Server, reload: Callable[[], ssl.SSLContext] | None
 ) -> None:
-    """SPEC.md's signals. Repeats may coalesce; each action is idempotent."""
+    """The documented signals. Repeats may coalesce; each action is
+    idempotent. SIGINT (Ctrl-C) is SIGTERM; a second SIGINT: exit now."""
     log = server.config.log
     plain = server.config.context is None
+    interrupted = False
     async for signum in receiver:
         log.info(f"received {signal.Signals(signum).name}", level=2)
-        if signum == signal.SIGTERM:
-            server.stop_accepting()
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            if signum == signal.SIGINT:
+                if interrupted:
+                    server.exit_now()  # the second Ctrl-C: do not wait for the progs
+                interrupted = True
+            server.stop()
             if plain:  # progs own their sockets: they outlive us, as with the C tool
                 server.exit_now(abandon_children=True)
         elif signum in (signal.SIGHUP, signal.SIGQUIT):
@@ -875,8 +957,7 @@ def _fork_workers(
     """One worker per socket; we stay as a supervisor that forwards signals
     and exits when every worker has."""
     log = config.log
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_stdio()
     pids: list[int] = []
     for sock in sockets:
         pid = os.fork()
@@ -893,7 +974,7 @@ def _fork_workers(
             except BaseException as error:
                 log.fatal(f"worker failed: {error!r}")
             finally:
-                sys.stderr.flush()
+                flush_stdio()
                 os._exit(code)
         pids.append(pid)
     for sock in sockets:
@@ -903,8 +984,16 @@ def _fork_workers(
 
 def _supervise(pids: list[int], log: Log) -> int:
     live = set(pids)
+    interrupted = False
 
     def forward(signum: int, _frame: object) -> None:
+        # Ctrl-C reaches the workers directly too (one process group), so
+        # SIGINT is not passed on as itself, which could count twice: the
+        # first becomes SIGTERM (stop), the next SIGABRT (stop at once).
+        nonlocal interrupted
+        if signum == signal.SIGINT:
+            signum = signal.SIGABRT if interrupted else signal.SIGTERM
+            interrupted = True
         for pid in list(live):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)

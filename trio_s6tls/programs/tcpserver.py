@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._cli import Opt, Parsed, Program, uint
+from .._cli import Opt, Parsed, Program, id_number, uint
 from .._errors import UsageError
 
 MAX_CONNECTIONS = 16384  # the C tool's cap on -c
@@ -18,7 +18,7 @@ MAX_CONNECTIONS = 16384  # the C tool's cap on -c
 def _gid_list(text: str) -> list[int]:
     if text == "":
         return []
-    return [uint(part) for part in text.split(",")]
+    return [id_number(part) for part in text.split(",")]
 
 
 TCP_SERVER = [
@@ -30,8 +30,8 @@ TCP_SERVER = [
     Opt("c", "maxconn", "max_conn", parse=uint),
     Opt("C", "localmaxconn", "max_per_ip", parse=uint),
     Opt("b", "backlog", "backlog", parse=uint),
-    Opt("u", "uid", "uid", parse=uint),
-    Opt("g", "gid", "gid", parse=uint),
+    Opt("u", "uid", "uid", parse=id_number),
+    Opt("g", "gid", "gid", parse=id_number),
     Opt("G", "gidlist", "groups", parse=_gid_list),
     Opt("U", "uid-from-env", "ids_from_env", True),
     Opt("w", "no-lookup-warning", "warn_lookup_failure", False),
@@ -62,7 +62,8 @@ TCP_SERVER_HELP = """\
   -C, --localmaxconn N          at most N connections per client IP (default 40);
                                 one more is accepted and closed at once
   -b, --backlog N               listen backlog
-  -u UID, -g GID, -G GID,GID... identity prog runs as; -U takes them from UID, GID, GIDLIST
+  -u UID, -g GID, -G GID,GID... identity the server drops to once bound (prog inherits
+                                it; groups cleared unless -G); -U: from UID, GID, GIDLIST
   -W / -w                       log failed name lookups at -v (default) / never
   -d / -D                       keep Nagle's algorithm (default) / set TCP_NODELAY
   -R / -r                       no IDENT lookup (default) / IDENT (unsupported)
@@ -78,8 +79,9 @@ TCP_SERVER_HELP = """\
 """
 
 SIGNAL_HELP = """\
-Signals: SIGTERM stop accepting and exit; SIGHUP send SIGTERM and SIGCONT to
-every prog; SIGQUIT the same, then exit; SIGABRT SIGKILL every prog, then exit.
+Signals: SIGTERM stop accepting and exit; SIGINT (Ctrl-C) the same, a second
+one exits at once; SIGHUP send SIGTERM and SIGCONT to every prog; SIGQUIT the
+same, then exit; SIGABRT SIGKILL every prog, then exit.
 """
 
 PROGRAM = Program(
@@ -105,9 +107,9 @@ def _ids_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     try:
         if env.get("UID"):
-            values["uid"] = uint(env["UID"])
+            values["uid"] = id_number(env["UID"])
         if env.get("GID"):
-            values["gid"] = uint(env["GID"])
+            values["gid"] = id_number(env["GID"])
         if "GIDLIST" in env:
             values["groups"] = _gid_list(env["GIDLIST"])
     except ValueError:

@@ -59,9 +59,11 @@ PROGRAM = Program(
     + _options.ENV_HELP_SERVER
     + "\n"
     + tcpserver.SIGNAL_HELP
-    + "The TLS tunnels live in this process: after SIGTERM it exits once the open\n"
-    + "connections have ended. SIGUSR1 reloads CERTFILE/KEYFILE (and the :NAME\n"
-    + "pairs) for new connections; open ones keep theirs.\n\n"
+    + "The TLS tunnels live in this process: after SIGTERM it closes the connections\n"
+    + "whose prog has not started and exits once the others have ended. SIGUSR1\n"
+    + "reloads CERTFILE/KEYFILE (and the :NAME pairs) for new connections.\n"
+    + "TLS_UID/TLS_GID and -u/-g name the one identity of the server and prog: if\n"
+    + "both are given they must agree (else exit 100).\n\n"
     + _options.EXIT_HELP,
 )
 
