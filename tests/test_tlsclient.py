@@ -261,13 +261,14 @@ def test_tcpclient_local_port(pki: Pki, tmp_path: Path) -> None:
     assert peer[1] == local_port
 
 
-def test_refused_connection_is_a_clear_error() -> None:
+def test_refused_connection_is_a_clear_error(pki: Pki) -> None:
     with socket.socket() as probe:  # bound but not listening: connections are refused
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
         for name in ("s6-tcpclient", "s6-tlsclient"):
-            proc = subprocess.run(
+            proc = subprocess.run(  # trust anchors set: s6-tlsclient checks them first
                 [program(name), "127.0.0.1", str(port), "true"],
+                env=pki.env(),
                 capture_output=True,
                 timeout=TIMEOUT,
             )

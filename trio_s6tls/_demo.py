@@ -30,9 +30,15 @@ def _engine(argv: list[str], env: dict[str, str], fds: dict[int, int]) -> subpro
     )
 
 
+USAGE = "python -m trio_s6tls demo"
+
+
 def main(argv: list[str]) -> int:
+    if argv in (["--help"], ["-h"]):
+        print(f"usage: {USAGE}\n\nRuns s6-tlsd-io and s6-tlsc-io back to back over loopback TCP.")
+        return 0
     if argv:
-        print("usage: python -m trio_s6tls demo", file=sys.stderr)
+        print(f"trio_s6tls: usage: {USAGE} (it takes no arguments)", file=sys.stderr)
         return 100
     import trustme
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import trio
 
 from ._engine import CHUNK, network_from_fds, run_engine, tls_over, write_notification
-from ._errors import EXIT_ENGINE
+from ._errors import EXIT_ENGINE, UsageError
 from ._exec import check_open
 from ._fdstreams import FdPairStream
 from ._handshake_info import Variables, encode_notification
@@ -31,6 +31,16 @@ class FdPlan:
     local_read: int
     local_write: int
     notify_fd: int | None = None
+
+    def check_distinct(self) -> None:
+        """The network, the local side and the notification fd are three
+        different things: sharing an fd would tunnel TLS into itself."""
+        network = {self.network_read, self.network_write}
+        local = {self.local_read, self.local_write}
+        if network & local:
+            raise UsageError("the network and the local fds must differ")
+        if self.notify_fd is not None and self.notify_fd in network | local:
+            raise UsageError("the notification fd must differ from the other fds")
 
 
 def load_context(
@@ -51,6 +61,7 @@ def run_io(
     log: Log,
 ) -> int:
     """Everything s6-tls[cd]-io does after parsing its command line."""
+    plan.check_distinct()
     check_open([plan.network_read, plan.network_write, plan.local_read, plan.local_write])
     if plan.notify_fd is not None:
         check_open([plan.notify_fd])

@@ -51,10 +51,14 @@ class TcpClientOptions:
     verbosity: int = 1  # -q 0, -Q 1, -v 2
 
 
+#: The C tools take seconds as an ``unsigned int``; socket timeouts must fit a time_t too.
+MAX_SECONDS = 2**32 - 1
+
+
 def parse_seconds(text: str) -> float:
-    """A non-negative number of seconds (decimals allowed)."""
+    """A number of seconds from 0 to :data:`MAX_SECONDS` (decimals allowed)."""
     value = float(text)
-    if not value >= 0 or value == float("inf"):
+    if not 0 <= value <= MAX_SECONDS:  # also refuses nan and inf
         raise ValueError(text)
     return value
 

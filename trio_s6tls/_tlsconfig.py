@@ -131,6 +131,7 @@ def load_keypair(context: ssl.SSLContext, certfile: str, keyfile: str) -> None:
 
 
 def _load_anchor_bytes(context: ssl.SSLContext, data: bytes) -> None:
+    """Raises ssl.SSLError, or ValueError for an empty or undecodable file."""
     if _is_pem(data):
         context.load_verify_locations(cadata=data.decode("ascii", "replace"))
     else:
@@ -154,8 +155,8 @@ def load_trust_anchors(context: ssl.SSLContext, env: Mapping[str, str]) -> None:
                 continue
             try:
                 _load_anchor_bytes(context, _read(path, "trust anchor"))
-            except (ssl.SSLError, Fatal):
-                continue  # not a certificate: a README, a CRL, an editor backup
+            except (ssl.SSLError, ValueError, Fatal):
+                continue  # not a certificate: an empty file, a README, a CRL, a backup
         if not context.cert_store_stats()["x509"]:
             raise Fatal(EXIT_CONFIG, f"no trust anchor found in CADIR {cadir}")
         return
@@ -168,11 +169,23 @@ def load_trust_anchors(context: ssl.SSLContext, env: Mapping[str, str]) -> None:
         raise Fatal(
             EXIT_CONFIG, f"unable to load trust anchors from {cafile}: {error.reason or error}"
         ) from None
+    except ValueError:  # an empty file
+        raise Fatal(EXIT_CONFIG, f"no trust anchor found in CAFILE {cafile}") from None
     if not context.cert_store_stats()["x509"]:
         raise Fatal(EXIT_CONFIG, f"no trust anchor found in CAFILE {cafile}")
 
 
+def _check_versions(options: TLSOptions) -> None:
+    lowest, highest = options.min_version or "1.2", options.max_version or "1.3"
+    for version in (lowest, highest):
+        if version not in _VERSIONS:
+            raise Fatal(EXIT_USAGE, f"unsupported TLS version: {version!r} (1.2 or 1.3)")
+    if lowest > highest:  # every handshake would fail
+        raise Fatal(EXIT_USAGE, f"--min-version {lowest} is above --max-version {highest}")
+
+
 def _base_context(purpose: int, options: TLSOptions, env: Mapping[str, str]) -> ssl.SSLContext:
+    _check_versions(options)
     context = ssl.SSLContext(purpose)
     context.minimum_version = _VERSIONS[options.min_version or "1.2"]
     if options.max_version:
@@ -183,10 +196,13 @@ def _base_context(purpose: int, options: TLSOptions, env: Mapping[str, str]) -> 
     if options.ciphers:
         try:
             context.set_ciphers(options.ciphers)
-        except ssl.SSLError:
-            raise Fatal(EXIT_USAGE, f"invalid cipher list: {options.ciphers}") from None
+        except (ssl.SSLError, ValueError):  # ValueError: not encodable
+            raise Fatal(EXIT_USAGE, f"invalid cipher list: {options.ciphers!r}") from None
     if options.alpn:
-        context.set_alpn_protocols(list(options.alpn))
+        try:
+            context.set_alpn_protocols(list(options.alpn))
+        except (ssl.SSLError, ValueError):  # empty, over 255 bytes, not ASCII
+            raise Fatal(EXIT_USAGE, f"invalid ALPN protocol list: {options.alpn!r}") from None
     keylog = env.get("SSLKEYLOGFILE")
     if keylog:
         try:
@@ -314,6 +330,16 @@ def server_context(env: Mapping[str, str], options: TLSOptions) -> ssl.SSLContex
     return context
 
 
+def check_configuration(env: Mapping[str, str], options: TLSOptions, *, server_side: bool) -> None:
+    """What a program checks before any network I/O: ``TLS_UID``/``TLS_GID``
+    (a usage error beats a file error), then the whole context."""
+    parse_identity(env)
+    if server_side:
+        server_context(env, options)
+    else:
+        client_context(env, options)
+
+
 def parse_identity(env: Mapping[str, str]) -> tuple[int | None, int | None]:
     """``TLS_UID``/``TLS_GID`` as numbers (100 if set and not numeric)."""
     ids: list[int | None] = []
@@ -321,7 +347,7 @@ def parse_identity(env: Mapping[str, str]) -> tuple[int | None, int | None]:
         value = env.get(name)
         if value is None or value == "":
             ids.append(None)
-        elif value.isdigit():
+        elif value.isascii() and value.isdigit() and int(value) < 2**32 - 1:
             ids.append(int(value))
         else:
             raise Fatal(EXIT_USAGE, f"invalid {name}: {value!r}")

@@ -67,16 +67,6 @@ _MAX_BLOCK = 4096
 # --- the wrapper side ------------------------------------------------------
 
 
-def _check_configuration(options: TLSOptions, *, server_side: bool) -> None:
-    from ._tlsconfig import client_context, parse_identity, server_context
-
-    parse_identity(os.environ)
-    if server_side:
-        server_context(os.environ, options)
-    else:
-        client_context(os.environ, options)
-
-
 def _await_command(
     control: socket.socket,
     *,
@@ -127,8 +117,10 @@ def ucspitls_then_exec(
 ) -> int:
     """s6-ucspitlsc / s6-ucspitlsd: fork the waiting engine child and exec
     prog at once. Returns only by raising :class:`Fatal`."""
+    from ._tlsconfig import check_configuration
+
     check_open(network)
-    _check_configuration(options, server_side=server_side)
+    check_configuration(os.environ, options, server_side=server_side)
     to_prog_read, to_prog_write = high_pipe()  # engine → prog (cleartext)
     from_prog_read, from_prog_write = high_pipe()  # prog → engine (cleartext)
     control_prog, control_engine = high_socketpair()

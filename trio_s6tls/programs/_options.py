@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._cli import Opt, Parsed, uint
+from .._cli import Opt, Parsed, fd_number, uint
 from .._errors import UsageError
 
 TYPE_CHECKING = False  # importing typing would slow down --version
@@ -11,8 +11,9 @@ if TYPE_CHECKING:
 
 
 def _alpn(text: str) -> tuple[str, ...]:
+    """Protocol names as OpenSSL takes them: ASCII, 1 to 255 bytes each."""
     names = tuple(text.split(","))
-    if not all(names):
+    if not all(name.isascii() and 0 < len(name) <= 255 for name in names):
         raise ValueError(text)
     return names
 
@@ -51,7 +52,7 @@ SERVER_TLS = COMMON + [
     Opt("", "mandatory-sni", "sni_level", 2),
 ]
 
-NOTIFY = [Opt("d", "notify-fd", "notify_fd", parse=uint)]
+NOTIFY = [Opt("d", "notify-fd", "notify_fd", parse=fd_number)]
 
 KEEP_ENV_HELP = """\
   -Z, --keep                    keep CADIR, CAFILE, CERTFILE, KEYFILE, ... in prog's env
@@ -64,8 +65,8 @@ NETWORK_FDS_HELP = """\
 """
 
 NETWORK_FDS = [
-    Opt("6", None, "network_read", parse=uint),
-    Opt("7", None, "network_write", parse=uint),
+    Opt("6", None, "network_read", parse=fd_number),
+    Opt("7", None, "network_write", parse=fd_number),
 ]
 
 KEEP_ENV = [
@@ -128,7 +129,11 @@ or bad environment; 111 system call failed.
 
 
 def tls_option_values(values: dict[str, Any]) -> dict[str, Any]:
-    """The subset of parsed values that are :class:`TLSOptions` fields."""
+    """The subset of parsed values that are :class:`TLSOptions` fields; a
+    usage error if they cannot work together (every handshake would fail)."""
+    lowest, highest = values.get("min_version", "1.2"), values.get("max_version", "1.3")
+    if lowest > highest:
+        raise UsageError(f"--min-version {lowest} is above --max-version {highest}")
     fields = {
         "close_notify",
         "enforce_close_notify",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._cli import Opt, Parsed, Program, uint
+from .._cli import Opt, Parsed, Program, port_number
 from .._errors import UsageError
 
 
@@ -20,6 +20,14 @@ def _rounds(text: str) -> tuple[float, float]:
     from .._tcpclient import parse_rounds
 
     return parse_rounds(text)
+
+
+def _ip_literal(text: str) -> str:
+    """``-i``: an IPv4 or IPv6 address, as the C tool's ``ip46_scan``."""
+    import ipaddress
+
+    ipaddress.ip_address(text)
+    return text
 
 
 TCP_OPTIONS = [
@@ -38,8 +46,8 @@ TCP_OPTIONS = [
     Opt("N", None, "paranoid", False),
     Opt("t", "timeout", "total_timeout", parse=_seconds),
     Opt("T", "connect-timeouts", "rounds", parse=_rounds),
-    Opt("i", "local-ip", "local_ip", parse=str),
-    Opt("p", "local-port", "local_port", parse=uint),
+    Opt("i", "local-ip", "local_ip", parse=_ip_literal),
+    Opt("p", "local-port", "local_port", parse=port_number),
     Opt("l", "local-name", "local_name", parse=str),
 ]
 
@@ -101,9 +109,14 @@ def tcp_options(values: dict[str, Any]) -> Any:
 
 
 def split_operands(operands: Sequence[str]) -> tuple[str, str, list[str]]:
+    """host, port (numeric, 0 to 65535, as the C tools want it) and prog."""
     if len(operands) < 3:
         raise UsageError("expected host, port and prog")
     host, port, *prog = operands
+    try:
+        port_number(port)
+    except ValueError:
+        raise UsageError(f"invalid port number: {port!r}") from None
     return host, port, prog
 
 

@@ -42,16 +42,18 @@ OPTIONS = TCP_OPTIONS + TLS_OPTIONS + _options.KEEP_ENV
 def run(parsed: Parsed) -> int:
     host, port, prog = split_operands(parsed.operands)
     tcp = tcp_options(parsed.values)
+    import os
+
     from .._exec import handshake_then_exec
+    from .._log import Log
     from .._tcpclient import open_connection
-    from .._tlsconfig import TLSOptions
+    from .._tlsconfig import TLSOptions, check_configuration
 
     values = _options.tls_option_values(parsed.values)
     if "servername" not in values:
         values["servername"] = host if tcp.lookup_names else None
     options = TLSOptions(**values)
-    from .._log import Log
-
+    check_configuration(os.environ, options, server_side=False)  # all of it before the network
     fd, tcp_env = open_connection(host, port, tcp, Log(PROGRAM.name, tcp.verbosity))
     return handshake_then_exec(
         prog,
