@@ -28,13 +28,28 @@ MAX_NOTIFICATION = 4096
 Variables = dict[str, str | None]
 
 
+#: ``SSL_PEER_CERT_HASH`` when a server asked for a client certificate and
+#: got none: the C tools on BearSSL export the hash whenever they ask for a
+#: certificate, and it stays all zeros when none came.
+NO_CERT_HASH = "SHA256:" + "0" * 64
+
+
 def handshake_variables(
-    conn: ssl.SSLSocket | ssl.SSLObject, *, server_side: bool, resumed_flag: bool = False
+    conn: ssl.SSLSocket | ssl.SSLObject,
+    *,
+    server_side: bool,
+    resumed_flag: bool = False,
+    peer_cert_requested: bool = False,
 ) -> Variables:
     """``SSL_*`` for a connection whose handshake is complete.
 
     ``None`` means "unset". ``SSL_ALPN_PROTOCOL`` appears only when ALPN was
     negotiated; ``SSL_SESSION_RESUMED`` only when ``resumed_flag``.
+
+    ``peer_cert_requested``: the server asked for a client certificate
+    (``-Y`` or ``-y``). Then, as the C tools do, a client that sent none
+    gets ``SSL_PEER_CERT_HASH`` = :data:`NO_CERT_HASH` (and
+    ``SSL_PEER_CERT_SUBJECT`` unset); without it the hash is unset too.
     """
     cipher = conn.cipher()
     sni = getattr(conn, "s6_sni_name", None) if server_side else conn.server_hostname
@@ -50,8 +65,10 @@ def handshake_variables(
         variables["SSL_PEER_CERT_HASH"] = "SHA256:" + hashlib.sha256(peer).hexdigest()
         try:
             variables["SSL_PEER_CERT_SUBJECT"] = _der.certificate_subject(peer)
-        except ValueError:
+        except ValueError:  # OpenSSL took what BearSSL would refuse: no subject
             pass
+    elif peer_cert_requested:
+        variables["SSL_PEER_CERT_HASH"] = NO_CERT_HASH
     alpn = conn.selected_alpn_protocol()
     if alpn:
         variables["SSL_ALPN_PROTOCOL"] = alpn
