@@ -1,10 +1,11 @@
 """s6-tlsserver against stunnel4 in exec mode, side by side in one run.
 
 Both servers run the same trivial responder per connection (``head -n 1``:
-echo one line, exit) and the same certificate (trustme, loopback). Neither
-issues session tickets (s6-tlsserver's default; ``sessionResume = no`` and
-``options = NO_TICKET`` for stunnel), so every connection is a full
-handshake.
+echo one line, exit) and the same certificate (an EC P-256 chain, like
+trustme's, but one the C tools on BearSSL accept too: ``bench/_pki.py``).
+Neither issues session tickets (s6-tlsserver's default; ``sessionResume =
+no`` and ``options = NO_TICKET`` for stunnel), so every connection is a
+full handshake.
 
 1. Full handshakes per second: CLIENTS client processes × THREADS threads,
    each looping connect → handshake → one line → reply → close for SECONDS.
@@ -15,8 +16,14 @@ handshake.
    of PSS (``/proc/PID/smaps_rollup``; PSS shares common pages fairly).
    Both servers in one process here (``--workers 1``, stunnel's threads).
 
-Usage: python bench/server.py [--seconds 10] [--connections 200]
-Prints each figure and the ratios s6-tlsserver / stunnel.
+With ``--c-tools DIR`` (a ``bin`` of the C s6-networking 2.8.0.1, e.g.
+``.c-s6/bin``), the C s6-tlsserver is measured too, in both parts: it is
+the chain s6-tcpserverd → per connection prog, with its s6-tlsd-io engine
+as a child, so two processes per connection in its tree; TLS 1.2 only.
+``--no-handshakes`` skips part 1.
+
+Usage: python bench/server.py [--seconds 10] [--connections 300] [--c-tools DIR]
+Prints each figure and the ratios s6-tlsserver / stunnel (and / C).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import trustme
+from _pki import Pki, make_pki
 
 RESPONDER = ["/usr/bin/head", "-n", "1"]
 LINE = b"ping\n"
@@ -62,29 +69,23 @@ def wait_listening(port: int) -> None:
 
 
 @contextmanager
-def s6_tlsserver(pem: Path, workers: int, program: str | None = None) -> Iterator[tuple[int, int]]:
-    program = (
-        program or shutil.which("s6-tlsserver") or str(Path(sys.executable).parent / "s6-tlsserver")
-    )
-    env = {**os.environ, "CERTFILE": str(pem), "KEYFILE": str(pem)}
+def s6_tlsserver(
+    pki: Pki, workers: int, program: str | None = None, *, c_tools: Path | None = None
+) -> Iterator[tuple[int, int]]:
+    """Ours (``program`` or from PATH), or the C one from ``c_tools``."""
+    env = {**os.environ, **pki.server_env()}
+    if c_tools is not None:
+        options = ["-1", "-q", "-c", "16384", "-C", "16384"]  # no name lookups in C
+        program = str(c_tools / "s6-tlsserver")
+    else:
+        options = ["-1", "-q", "-H", "-c", "16384", "-C", "16384", "--workers", str(workers)]
+        program = (
+            program
+            or shutil.which("s6-tlsserver")
+            or str(Path(sys.executable).parent / "s6-tlsserver")
+        )
     process = subprocess.Popen(
-        [
-            program,
-            "-1",
-            "-q",
-            "-H",
-            "-c",
-            "16384",
-            "-C",
-            "16384",
-            "--workers",
-            str(workers),
-            "127.0.0.1",
-            "0",
-            *RESPONDER,
-        ],
-        stdout=subprocess.PIPE,
-        env=env,
+        [program, *options, "127.0.0.1", "0", *RESPONDER], stdout=subprocess.PIPE, env=env
     )
     try:
         assert process.stdout is not None
@@ -96,7 +97,7 @@ def s6_tlsserver(pem: Path, workers: int, program: str | None = None) -> Iterato
 
 
 @contextmanager
-def stunnel(pem: Path, directory: Path) -> Iterator[tuple[int, int]]:
+def stunnel(pki: Pki, directory: Path) -> Iterator[tuple[int, int]]:
     port = free_port()
     config = directory / "stunnel.conf"
     config.write_text(
@@ -105,8 +106,8 @@ def stunnel(pem: Path, directory: Path) -> Iterator[tuple[int, int]]:
         "debug = 3\n"
         "[bench]\n"
         f"accept = 127.0.0.1:{port}\n"
-        f"cert = {pem}\n"
-        f"key = {pem}\n"
+        f"cert = {pki.pem}\n"
+        f"key = {pki.pem}\n"
         "sessionResume = no\n"
         "options = NO_TICKET\n"
         f"exec = {RESPONDER[0]}\n"
@@ -241,10 +242,11 @@ def own_rss_kib(pid: int) -> int:
 
 
 def memory_per_connection(
-    port: int, pid: int, cafile: Path, count: int
+    port: int, pid: int, cafile: Path, count: int, per_connection: int = 1
 ) -> tuple[float, float, float]:
     """Per idle connection, in KiB: tree RSS, tree PSS, the server process's
-    own RSS (the part that does not depend on prog)."""
+    own RSS (the part that does not depend on prog). ``per_connection``:
+    how many processes each connection adds to the tree once set up."""
     context = ssl.create_default_context(cafile=str(cafile))
     settle = 0.5
     time.sleep(settle)  # let the server finish starting up (a measurement, not a synchronisation)
@@ -255,10 +257,12 @@ def memory_per_connection(
         for _ in range(count):
             raw = socket.create_connection(("127.0.0.1", port), timeout=10)
             held.append(context.wrap_socket(raw, server_hostname="localhost"))
-        expected = count + 1  # the server and one responder per connection
+        expected = count * per_connection + 1  # the server, and per connection
         deadline = time.monotonic() + READY_TIMEOUT
         while len(tree(pid)) < expected and time.monotonic() < deadline:
             time.sleep(0.05)  # every responder started
+        if len(tree(pid)) < expected:
+            print(f"  (warning: {len(tree(pid))} processes in the tree, {expected} expected)")
         time.sleep(settle)
         rss1, pss1 = memory_kib(pid)
         own1 = own_rss_kib(pid)
@@ -273,7 +277,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--connections", type=int, default=200)
+    parser.add_argument("--connections", type=int, default=300)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -281,7 +285,16 @@ def main() -> None:
         "--install", action="store_true", help="apt-get install stunnel4 if missing"
     )
     parser.add_argument("--program", help="the s6-tlsserver to measure (default: from PATH)")
+    parser.add_argument(
+        "--c-tools",
+        type=Path,
+        help="bin directory of the C s6-networking: measure its s6-tlsserver",
+    )
+    parser.add_argument("--no-handshakes", action="store_true", help="memory only")
     args = parser.parse_args()
+    c_tools = args.c_tools
+    if c_tools is not None and not os.access(c_tools / "s6-tlsserver", os.X_OK):
+        sys.exit(f"bench/server.py: no C s6-tlsserver in {c_tools}")
     if not (shutil.which("stunnel4") or shutil.which("stunnel")):
         if not args.install:
             sys.exit("bench/server.py: stunnel4 not found (--install to apt-get install it)")
@@ -289,50 +302,69 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
-        ca = trustme.CA()
-        pem = directory / "server.pem"
-        ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-            str(pem)
-        )
-        cafile = directory / "ca.pem"
-        ca.cert_pem.write_to_path(str(cafile))
-
-        print(
-            f"handshakes: {args.clients} client processes x {args.threads} threads, {args.seconds:g} s, "
-            f"responder {' '.join(RESPONDER)}; s6-tlsserver --workers {args.workers}"
-        )
-        with s6_tlsserver(pem, args.workers, args.program) as (port, _):
-            ours, our_errors = handshake_rate(
-                port, cafile, args.seconds, args.clients, args.threads
+        pki = make_pki(directory / "pki")
+        cafile = pki.ca
+        ours = theirs = c_rate = 0.0
+        if not args.no_handshakes:
+            print(
+                f"handshakes: {args.clients} client processes x {args.threads} threads,"
+                f" {args.seconds:g} s, responder {' '.join(RESPONDER)};"
+                f" s6-tlsserver --workers {args.workers}"
             )
-        print(f"  s6-tlsserver: {ours:8.1f} handshakes/s ({our_errors} errors)")
-        with stunnel(pem, directory) as (port, _):
-            theirs, their_errors = handshake_rate(
-                port, cafile, args.seconds, args.clients, args.threads
-            )
-        print(f"  stunnel4:     {theirs:8.1f} handshakes/s ({their_errors} errors)")
+            with s6_tlsserver(pki, args.workers, args.program) as (port, _):
+                ours, our_errors = handshake_rate(
+                    port, cafile, args.seconds, args.clients, args.threads
+                )
+            print(f"  s6-tlsserver:   {ours:8.1f} handshakes/s ({our_errors} errors)")
+            with stunnel(pki, directory) as (port, _):
+                theirs, their_errors = handshake_rate(
+                    port, cafile, args.seconds, args.clients, args.threads
+                )
+            print(f"  stunnel4:       {theirs:8.1f} handshakes/s ({their_errors} errors)")
+            if c_tools is not None:
+                with s6_tlsserver(pki, 1, c_tools=c_tools) as (port, _):
+                    c_rate, c_errors = handshake_rate(
+                        port, cafile, args.seconds, args.clients, args.threads
+                    )
+                print(f"  C s6-tlsserver: {c_rate:8.1f} handshakes/s ({c_errors} errors)")
 
         print(f"memory: {args.connections} idle connections, server-side process tree")
-        with s6_tlsserver(pem, 1, args.program) as (port, pid):
+        with s6_tlsserver(pki, 1, args.program) as (port, pid):
             our_rss, our_pss, our_own = memory_per_connection(port, pid, cafile, args.connections)
         print(
-            f"  s6-tlsserver: {our_rss:7.1f} KiB RSS, {our_pss:7.1f} KiB PSS per connection"
+            f"  s6-tlsserver:   {our_rss:7.1f} KiB RSS, {our_pss:7.1f} KiB PSS per connection"
             f" (server process alone: {our_own:6.1f} KiB RSS)"
         )
-        with stunnel(pem, directory) as (port, pid):
+        with stunnel(pki, directory) as (port, pid):
             their_rss, their_pss, their_own = memory_per_connection(
                 port, pid, cafile, args.connections
             )
         print(
-            f"  stunnel4:     {their_rss:7.1f} KiB RSS, {their_pss:7.1f} KiB PSS per connection"
+            f"  stunnel4:       {their_rss:7.1f} KiB RSS, {their_pss:7.1f} KiB PSS per connection"
             f" (server process alone: {their_own:6.1f} KiB RSS)"
         )
+        if c_tools is not None:
+            with s6_tlsserver(pki, 1, c_tools=c_tools) as (port, pid):
+                c_rss, c_pss, c_own = memory_per_connection(
+                    port, pid, cafile, args.connections, per_connection=2
+                )
+            print(
+                f"  C s6-tlsserver: {c_rss:7.1f} KiB RSS, {c_pss:7.1f} KiB PSS per connection"
+                f" (server process alone: {c_own:6.1f} KiB RSS; prog + s6-tlsd-io per connection)"
+            )
 
         print("ratios (s6-tlsserver / stunnel4):")
-        print(f"  handshakes/s:            {ours / theirs:.2f}  (>= 1 is better)")
+        if not args.no_handshakes:
+            print(f"  handshakes/s:            {ours / theirs:.2f}  (>= 1 is better)")
         print(f"  RSS per idle connection: {our_rss / their_rss:.2f}  (<= 1 is better)")
         print(f"  PSS per idle connection: {our_pss / their_pss:.2f}  (<= 1 is better)")
         print(f"  server process alone:    {our_own / their_own:.2f}  (<= 1 is better)")
+        if c_tools is not None:
+            print("ratios (s6-tlsserver / C s6-tlsserver):")
+            if not args.no_handshakes:
+                print(f"  handshakes/s:            {ours / c_rate:.2f}  (>= 1 is better)")
+            print(f"  RSS per idle connection: {our_rss / c_rss:.2f}  (<= 1 is better)")
+            print(f"  PSS per idle connection: {our_pss / c_pss:.2f}  (<= 1 is better)")
 
 
 if __name__ == "__main__":
