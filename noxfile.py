@@ -35,7 +35,8 @@ def bench(session: nox.Session) -> None:
     """The benchmarks of bench/, side by side with stunnel4 and socat
     (``--install`` lets them apt-get install the peers)."""
     session.install(".")
-    for script in ("throughput.py", "latency.py", "server.py"):
+    session.run("python", "bench/relay.py", "--self-test")
+    for script in ("throughput.py", "latency.py", "client_latency.py", "chain.py", "server.py"):
         session.run("python", f"bench/{script}", *session.posargs)
 
 

@@ -14,9 +14,11 @@ the tool to its exit, for one TLS connection carrying one line each way:
 - ``s6-tlsclient host port prog`` (resolve + connect + handshake + exec +
   exchange) against the same server, beside the same stunnel client.
 
-Usage: ``python bench/latency.py [-n RUNS]``. Needs the installed console
-scripts next to this interpreter and ``stunnel4`` (skipped if absent).
-Loopback only. Prints one line per tool and the ratios.
+Usage: ``python bench/latency.py [-n RUNS] [--install]``. Needs the
+installed console scripts next to this interpreter and ``stunnel4``
+(skipped if absent; ``--install``, which ``nox -s bench -- --install``
+passes to every script, apt-get installs it). Loopback only. Prints one
+line per tool and the ratios.
 """
 
 from __future__ import annotations
@@ -232,8 +234,14 @@ def median_ms(function: Callable[[], float], runs: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=20)
+    parser.add_argument(
+        "--install", action="store_true", help="apt-get install stunnel4 if missing"
+    )
     args = parser.parse_args()
     stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
+    if args.install and not stunnel:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "stunnel4"], check=True, timeout=600)
+        stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         pki = Pki(directory)
