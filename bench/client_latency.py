@@ -608,7 +608,7 @@ def environment_line() -> str:
     editable install means every start compiles our modules again)."""
     spec = importlib.util.find_spec("trio_s6tls")
     origin = Path(spec.origin).parent if spec and spec.origin else None
-    editable = any(Path(p).glob("__editable__*trio_s6tls*.pth") for p in sys.path if p)
+    editable = any(any(Path(p).glob("__editable__*trio_s6tls*.pth")) for p in sys.path if p)
     cached = bool(origin and list(origin.glob("__pycache__/_engine.*.pyc")))
     return (
         f"python {sys.version.split()[0]} ({sys.executable}); trio_s6tls from {origin}"
