@@ -379,6 +379,7 @@ def _audit(event, args):
             _EVENTS.discard(event)
 sys.addaudithook(_audit)
 sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(sys.argv[0])  # as when the script runs itself, not -c's cwd
 import runpy
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
