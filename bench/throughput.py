@@ -34,7 +34,7 @@ from pathlib import Path
 
 import trustme
 
-from trio_s6tls._exec import install_fds
+from trio_s6tls import install_fds
 
 BIN = Path(sys.executable).parent
 CIPHER = "TLS_AES_256_GCM_SHA384"

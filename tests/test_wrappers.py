@@ -798,7 +798,7 @@ def test_program_environment_cleans_and_applies() -> None:
 
 
 def test_install_fds_swaps_without_clobbering() -> None:
-    from trio_s6tls._exec import install_fds
+    from trio_s6tls import install_fds
 
     first_read, first_write = os.pipe()
     second_read, second_write = os.pipe()

@@ -48,7 +48,7 @@ _EXPORTS = {
     "ucspitls_then_exec": "_ucspitls",
     "handshake_then_exec": "_exec",
     "program_environment": "_exec",
-    "install_fds": "_exec",
+    "install_fds": "_fds",
     "TcpClientOptions": "_tcpclient",
     "open_connection": "_tcpclient",
     "serve": "_server",
@@ -77,8 +77,8 @@ if TYPE_CHECKING:
     from ._errors import Fatal as Fatal
     from ._errors import UsageError as UsageError
     from ._exec import handshake_then_exec as handshake_then_exec
-    from ._exec import install_fds as install_fds
     from ._exec import program_environment as program_environment
+    from ._fds import install_fds as install_fds
     from ._fdstreams import FdPairStream as FdPairStream
     from ._fdstreams import fd_stream as fd_stream
     from ._handshake_info import SSL_VARIABLES as SSL_VARIABLES

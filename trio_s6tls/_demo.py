@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._exec import install_fds, read_until_eof
+from ._fds import install_fds, read_until_eof
 from ._handshake_info import decode_notification, describe_variables
 
 MESSAGE = b"hello through TLS\n"

@@ -1,183 +1,40 @@
-"""Process plumbing (layer 5): fork an engine child, move fds, exec prog.
+"""Handshake, then exec (s6-tlsc, s6-tlsd, s6-tlsclient): a forked engine
+child does the TLS, this process becomes prog once the handshake is done.
 
-Theory of operation — the wrappers (s6-tlsc, s6-tlsd, s6-ucspitlsc,
-s6-ucspitlsd, s6-tlsclient) all follow one shape:
+Theory of operation:
 
-1. **Fork first, outside any event loop.** The parent never runs
-   ``trio.run``; the child calls :func:`trio_s6tls._iorun.run_io`, which
-   does. At fork time the process has one thread and no loop, so the child
-   inherits a sane state (STYLE.md, "fork and Trio").
-2. **The child never returns into the parent's code.** :func:`fork_child`
-   runs the child's function and leaves with ``os._exit`` whatever happens,
-   after flushing stdio, so no ``finally`` or ``atexit`` of the parent runs
-   twice.
-3. **fds are placed with :func:`install_fds`**: every source is first parked
-   above every target (so a source that is also a target is not clobbered),
-   then ``dup2``'d into place, then the parked copies and the originals are
-   closed. Everything else we open is close-on-exec (PEP 446), so prog gets
-   exactly the fds its interface names, plus whatever we inherited.
-4. **Before exec** (:func:`exec_program`): the fds prog gets are made
-   blocking (O_NONBLOCK belongs to the open file description), SIGPIPE and
-   SIGXFSZ go back to SIG_DFL (Python ignores them, and an ignored signal
-   stays ignored across exec), the signal mask is emptied, and the
-   environment is the one :func:`program_environment` built.
-5. **Who reaps the engine.** If the handshake fails, the wrapper waits for
-   its engine child and exits with that child's code (prog never runs). If
-   it succeeds, the wrapper becomes prog and the engine stays prog's child,
-   as with the C tools: prog may reap it, and when prog exits first the
-   engine is re-parented to init (or the nearest subreaper), which reaps
-   it. The engine exits once neither direction can carry data, so it never
-   outlives the connection.
+1. **Fork first, outside any event loop** (:func:`~trio_s6tls._spawn.fork_child`).
+   The parent never runs ``trio.run`` and never imports trio; the child
+   runs :func:`trio_s6tls._iorun.run_engine_child`, which does. At fork time
+   the process has one thread and no loop, so the child inherits a sane
+   state.
+2. **prog's fds replace the network** (:func:`~trio_s6tls._fds.install_fds`):
+   two pipes to the engine take the network fds' numbers (``prog_fds``);
+   the network belongs to the engine alone.
+3. **The notification decides**: the engine writes the ``SSL_*`` block on a
+   pipe once the handshake is complete. A complete block: exec prog with
+   those variables (:func:`~trio_s6tls._spawn.exec_program`). EOF without
+   one: the handshake failed; wait for the engine and exit with its code
+   (prog never runs).
+4. **Who reaps the engine.** Once the wrapper has become prog, the engine
+   stays prog's child, as with the C tools: prog may reap it, and when prog
+   exits first the engine is re-parented to init (or the nearest
+   subreaper), which reaps it. The engine exits once neither direction can
+   carry data, so it never outlives the connection.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import signal
-import socket
-import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from ._errors import EXIT_SYSTEM, Fatal, describe_os_error
+from ._errors import EXIT_SYSTEM, Fatal
+from ._fds import check_open, close_fds, high_pipe, install_fds, null_fds, read_until_eof
+from ._spawn import exec_program, fork_child, wait_exit_code
 
 if TYPE_CHECKING:
     from ._tlsconfig import TLSOptions
-
-#: Where parked fds go: above any fd number an interface names.
-_PARK_FLOOR = 64
-
-
-def flush_stdio() -> None:
-    """Flush Python's stdout/stderr buffers (either may be None when the
-    fd was closed at start-up, or broken: neither is our failure here)."""
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-
-
-def fork_child(child: Callable[[], int]) -> int:
-    """Fork; in the child run ``child()`` and ``os._exit`` with its result
-    (111 on any unexpected exception, after printing it). Returns the
-    child's pid in the parent."""
-    flush_stdio()
-    try:
-        pid = os.fork()
-    except OSError as error:
-        raise Fatal(EXIT_SYSTEM, f"unable to fork: {describe_os_error(error)}") from None
-    if pid:
-        return pid
-    code = EXIT_SYSTEM
-    try:
-        code = child()
-    except BaseException:  # the child must never unwind into the parent's code
-        with contextlib.suppress(BaseException):
-            import traceback
-
-            traceback.print_exc()
-    finally:
-        with contextlib.suppress(BaseException):
-            flush_stdio()
-        os._exit(code)
-
-
-def wait_exit_code(pid: int) -> int:
-    """Reap ``pid`` and return its exit code, the shell's way for a signal
-    (128 + signal number)."""
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:  # pragma: no cover — PEP 475 retries already
-            continue
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
-
-
-def lift_fd(fd: int) -> int:
-    """Move ``fd`` above every fd number an interface names (close-on-exec),
-    so that placing prog's fds, or pointing 0/1 at /dev/null, cannot
-    overwrite it — even when we were started with 0 or 1 closed."""
-    try:
-        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _PARK_FLOOR)
-    finally:
-        os.close(fd)
-
-
-def high_pipe() -> tuple[int, int]:
-    """A close-on-exec pipe whose ends are lifted (:func:`lift_fd`)."""
-    read_end, write_end = os.pipe()
-    return lift_fd(read_end), lift_fd(write_end)
-
-
-def high_socketpair() -> tuple[socket.socket, socket.socket]:
-    """A Unix stream socketpair whose ends are lifted (:func:`lift_fd`)."""
-
-    def lifted(end: socket.socket) -> socket.socket:
-        return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=lift_fd(end.detach()))
-
-    first, second = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    return lifted(first), lifted(second)
-
-
-def install_fds(placement: Mapping[int, int]) -> None:
-    """Make each ``target`` fd a copy of its ``source`` (``{target: source}``),
-    inheritable, and close the sources that are not targets themselves."""
-    floor = max([_PARK_FLOOR, *(t + 1 for t in placement)])
-    parked = {
-        target: fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, floor)
-        for target, source in placement.items()
-    }
-    for source in set(placement.values()) - set(placement):
-        with contextlib.suppress(OSError):
-            os.close(source)
-    for target, copy in parked.items():
-        os.dup2(copy, target, inheritable=True)
-        os.close(copy)
-
-
-def close_fds(fds: Iterable[int], *, keep: Iterable[int] = ()) -> None:
-    """Close each fd not in ``keep``, ignoring those already closed."""
-    kept = set(keep)
-    for fd in set(fds) - kept:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-def null_fds(fds: Iterable[int]) -> None:
-    """Point each fd at /dev/null: a process that must not hold a caller's
-    pipe open (which would delay its EOF) but may still write there."""
-    fds = list(fds)
-    if not fds:
-        return
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        for fd in fds:
-            if fd != null:
-                os.dup2(null, fd, inheritable=True)
-    finally:
-        if null not in fds:
-            os.close(null)
-
-
-def set_blocking(fds: Iterable[int]) -> None:
-    """Clear O_NONBLOCK on each open fd (prog expects blocking I/O)."""
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.set_blocking(fd, True)
-
-
-def reset_signals_for_exec() -> None:
-    """Undo what Python did to signal state that survives exec."""
-    for name in ("SIGPIPE", "SIGXFSZ"):
-        number = getattr(signal, name, None)
-        if number is not None:
-            signal.signal(number, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def program_environment(
@@ -197,72 +54,6 @@ def program_environment(
         else:
             env[name] = value
     return env
-
-
-def exec_program(
-    argv: Sequence[str], env: Mapping[str, str], *, blocking_fds: Iterable[int] = (0, 1, 2)
-) -> NoReturn:
-    """Replace this process with ``argv`` (searched in ``PATH`` of ``env``).
-    Raises :class:`Fatal` (111) with a one-line message if it cannot."""
-    set_blocking(blocking_fds)
-    reset_signals_for_exec()
-    flush_stdio()
-    try:
-        os.execvpe(argv[0], list(argv), dict(env))
-    except OSError as error:
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        raise Fatal(EXIT_SYSTEM, f"unable to exec {argv[0]}: {describe_os_error(error)}") from None
-
-
-def read_until_eof(fd: int, limit: int) -> bytes:
-    """Blocking read of ``fd`` until EOF or ``limit`` bytes, then close it."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        while size <= limit:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
-
-
-def check_open(fds: Iterable[int]) -> None:
-    """Fail with 111 and a clear line if an fd the interface needs is closed."""
-    for fd in fds:
-        try:
-            os.fstat(fd)
-        except OSError as error:
-            raise Fatal(EXIT_SYSTEM, f"file descriptor {fd}: {describe_os_error(error)}") from None
-
-
-def run_engine_child(
-    *,
-    name: str,
-    options: TLSOptions,
-    server_side: bool,
-    network: tuple[int, int],
-    local: tuple[int, int],
-    notify_fd: int | None,
-) -> int:
-    """What a forked engine child does: the engine of s6-tls[cd]-io on these
-    fds (``local`` = (read, write) of the cleartext side), as an exit code."""
-    from ._iorun import FdPlan, run_io
-    from ._log import Log
-
-    log = Log(name, options.verbosity)
-    plan = FdPlan(network[0], network[1], local[0], local[1], notify_fd)
-    try:
-        return run_io(plan, os.environ, options, server_side=server_side, log=log)
-    except Fatal as error:
-        log.fatal(error.message)
-        return error.exit_code
-    except OSError as error:
-        log.fatal(describe_os_error(error))
-        return EXIT_SYSTEM
 
 
 def handshake_then_exec(
@@ -288,6 +79,8 @@ def handshake_then_exec(
     own_stdio = [fd for fd in (0, 1) if fd not in network]
 
     def engine() -> int:
+        from ._iorun import run_engine_child  # trio: in the child only
+
         close_fds([to_prog_read, from_prog_write, notify_read])
         # Do not hold the caller's stdin/stdout open past prog's lifetime.
         null_fds(own_stdio)

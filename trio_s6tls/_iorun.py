@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import trio
 
 from ._engine import CHUNK, network_from_fds, run_engine, tls_over, write_notification
-from ._errors import EXIT_ENGINE, UsageError
-from ._exec import check_open
+from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, UsageError, describe_os_error
+from ._fds import check_open
 from ._fdstreams import FdPairStream
 from ._handshake_info import Variables, encode_notification
 from ._log import Log
@@ -97,3 +97,26 @@ def run_io(
                 os.close(fd)
 
     return trio.run(main)
+
+
+def run_engine_child(
+    *,
+    name: str,
+    options: TLSOptions,
+    server_side: bool,
+    network: tuple[int, int],
+    local: tuple[int, int],
+    notify_fd: int | None,
+) -> int:
+    """What a forked engine child does: the engine of s6-tls[cd]-io on these
+    fds (``local`` = (read, write) of the cleartext side), as an exit code."""
+    log = Log(name, options.verbosity)
+    plan = FdPlan(network[0], network[1], local[0], local[1], notify_fd)
+    try:
+        return run_io(plan, os.environ, options, server_side=server_side, log=log)
+    except Fatal as error:
+        log.fatal(error.message)
+        return error.exit_code
+    except OSError as error:
+        log.fatal(describe_os_error(error))
+        return EXIT_SYSTEM

@@ -48,7 +48,6 @@ import errno
 import functools
 import os
 import shlex
-import shutil
 import signal
 import socket
 import ssl
@@ -56,18 +55,19 @@ import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
 from . import _proxy, _rules
 from ._engine import establish, tls_over, tunnel
 from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, describe_os_error
-from ._exec import flush_stdio
+from ._fds import flush_stdio, prog_pipes
 from ._fdstreams import FdPairStream
 from ._handshake_info import apply_variables, describe_variables
 from ._identity import assume, server_identity
 from ._log import Log
+from ._spawn import ChildProcess, spawn_child
 from ._tlsconfig import (
     TLSOptions,
     is_tls_variable,
@@ -137,78 +137,6 @@ _TRANSIENT_ACCEPT_ERRORS = {
     errno.EHOSTUNREACH,
 }
 _RESOURCE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-
-
-class ChildProcess(Protocol):
-    """What the server needs from a running prog (``trio.Process`` has it)."""
-
-    @property
-    def pid(self) -> int: ...
-    @property
-    def returncode(self) -> int | None: ...
-    def send_signal(self, signum: int) -> None: ...
-    def kill(self) -> None: ...
-    async def wait(self) -> int: ...
-
-
-# Dispositions Python changes (SIGPIPE, SIGXFSZ ignored) survive exec: prog
-# gets the defaults back. Caught signals are reset by exec itself.
-_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
-
-
-class SpawnedChild:
-    """A prog started by :func:`spawn_child`, waited for through a pidfd:
-    no thread, no SIGCHLD handler, and signals go to the right process even
-    if its pid has been recycled (``pidfd_send_signal``)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        try:
-            self._pidfd = os.pidfd_open(pid)
-        except OSError:  # out of fds: do not leave an unwatched child behind
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise
-
-    def send_signal(self, signum: int) -> None:
-        if self.returncode is None:
-            signal.pidfd_send_signal(self._pidfd, signum)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    async def wait(self) -> int:
-        if self.returncode is None:
-            await trio.lowlevel.wait_readable(self._pidfd)
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
-            os.close(self._pidfd)
-        else:
-            await trio.lowlevel.checkpoint()
-        return self.returncode
-
-
-def spawn_child(argv: list[str], env: dict[str, str], *, stdin: int, stdout: int) -> SpawnedChild:
-    """``posix_spawn`` prog with ``stdin``/``stdout`` as its fds 0/1 (stderr
-    shared), default SIGPIPE and an empty signal mask. The executable is
-    searched in the PATH of prog's environment, as ``execvpe`` would.
-    Blocks only until the exec (glibc uses a vfork-style clone)."""
-    path = argv[0]
-    if "/" not in path:
-        found = shutil.which(path, path=env.get("PATH", os.defpath))
-        if found is None:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-        path = found
-    pid = os.posix_spawn(
-        path,
-        argv,
-        env,
-        file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1)],
-        setsigdef=_RESET_SIGNALS,
-        setsigmask=(),
-    )
-    return SpawnedChild(pid)
 
 
 #: Concurrent posix_spawn calls (each holds its thread ~1-2 ms, until the exec).
@@ -608,7 +536,7 @@ class Server:
             config.log.info(describe_variables(variables), level=2)
             apply_variables(env, variables)
             await self._prog_starting(waiting)
-            to_prog_read, to_prog_write, from_prog_read, from_prog_write = _two_pipes()
+            to_prog_read, to_prog_write, from_prog_read, from_prog_write = prog_pipes()
             try:
                 process = await self._spawn(argv, env, stdin=to_prog_read, stdout=from_prog_write)
             except BaseException:
@@ -638,22 +566,6 @@ class Server:
         finally:
             with trio.CancelScope(shield=True):
                 await tls.aclose()
-
-
-def _two_pipes() -> tuple[int, int, int, int]:
-    """Pipes to and from prog; out of fds is a system failure (111), not
-    the client's doing."""
-    try:
-        to_prog = os.pipe()
-    except OSError as error:
-        raise Fatal(EXIT_SYSTEM, f"unable to create pipes: {describe_os_error(error)}") from None
-    try:
-        from_prog = os.pipe()
-    except OSError as error:
-        os.close(to_prog[0])
-        os.close(to_prog[1])
-        raise Fatal(EXIT_SYSTEM, f"unable to create pipes: {describe_os_error(error)}") from None
-    return to_prog[0], to_prog[1], from_prog[0], from_prog[1]
 
 
 LINGER_SECONDS = 0.25

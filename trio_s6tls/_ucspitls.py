@@ -36,17 +36,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ._errors import EXIT_USAGE, Fatal
-from ._exec import (
-    check_open,
-    close_fds,
-    exec_program,
-    fork_child,
-    high_pipe,
-    high_socketpair,
-    null_fds,
-    program_environment,
-    run_engine_child,
-)
+from ._exec import program_environment
+from ._fds import check_open, close_fds, high_pipe, high_socketpair, null_fds
+from ._spawn import exec_program, fork_child
 
 if TYPE_CHECKING:
     from ._fdstreams import FdPairStream
@@ -96,6 +88,8 @@ def _await_command(
         notify_fd = control.detach()  # the engine writes the block, then closes it
     else:
         control.close()
+    from ._iorun import run_engine_child  # trio: in the child only
+
     return run_engine_child(
         name=name,
         options=options,

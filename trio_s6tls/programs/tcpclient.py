@@ -125,8 +125,10 @@ def run(parsed: Parsed) -> int:
     options = tcp_options(parsed.values)
     import os
 
-    from .._exec import exec_program, install_fds, program_environment
+    from .._exec import program_environment
+    from .._fds import install_fds
     from .._log import Log
+    from .._spawn import exec_program
     from .._tcpclient import open_connection
 
     fd, tcp_env = open_connection(host, port, options, Log(PROGRAM.name, options.verbosity))
