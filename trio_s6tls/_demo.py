@@ -32,6 +32,12 @@ def _engine(argv: list[str], env: dict[str, str], fds: dict[int, int]) -> subpro
 
 USAGE = "python -m trio_s6tls demo"
 
+#: The one line the demo prints when trustme (the ``testing`` extra) is missing.
+MISSING_TRUSTME = (
+    "trio_s6tls: fatal: the demo needs trustme, which is not installed: install trio_s6tls "
+    "with its 'testing' extra (in a checkout: pip install '.[testing]'), or pip install trustme"
+)
+
 
 def main(argv: list[str]) -> int:
     if argv in (["--help"], ["-h"]):
@@ -40,7 +46,11 @@ def main(argv: list[str]) -> int:
     if argv:
         print(f"trio_s6tls: usage: {USAGE} (it takes no arguments)", file=sys.stderr)
         return 100
-    import trustme
+    try:
+        import trustme
+    except ImportError:
+        print(MISSING_TRUSTME, file=sys.stderr)
+        return 111
 
     with tempfile.TemporaryDirectory(prefix="trio_s6tls-demo-") as tmp:
         directory = Path(tmp)

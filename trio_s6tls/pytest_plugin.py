@@ -3,7 +3,10 @@ UCSPI applications under TLS, from :mod:`trio_s6tls.testing`.
 
 Loaded by every pytest run in an environment where trio_s6tls is
 installed, so this module imports nothing heavy at import time: trio,
-trustme and the library load only when a test asks for a fixture.
+trustme and the library load only when a test asks for a fixture. trustme
+comes with the ``testing`` extra; without it, pytest runs as usual and only
+a test that requests one of these fixtures errors, with a one-line message
+saying what to install.
 
 Fixtures:
 
@@ -38,11 +41,20 @@ if TYPE_CHECKING:
     ServerFactory = Callable[..., Awaitable[UcspiTLSServer]]
     ClientRunner = Callable[..., Awaitable[ClientResult]]
 
+#: Why a fixture cannot run without trustme, and the fix.
+MISSING_TRUSTME = (
+    "trio_s6tls fixtures need trustme, which is not installed: install trio_s6tls "
+    "with its 'testing' extra (in a checkout: pip install '.[testing]'), or pip install trustme"
+)
+
 
 @pytest.fixture(scope="session")
 def tls_ca() -> trustme.CA:
     """A certificate authority for the whole test session."""
-    import trustme
+    try:
+        import trustme
+    except ImportError:  # one line, without the ImportError as its context
+        raise pytest.fail.Exception(MISSING_TRUSTME, pytrace=False) from None
 
     return trustme.CA(organization_name="trio_s6tls testing")
 

@@ -34,9 +34,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
-import trustme
+
+if TYPE_CHECKING:
+    import trustme  # the testing extra; only the caller makes a trustme.CA
 
 from . import _server
 from ._errors import Fatal
