@@ -55,7 +55,9 @@ Usage: ``python bench/client_latency.py [-n RUNS] [--delay MS]
 [--split-runs K] [--c-tools DIR]``. The C tools are looked for in
 ``--c-tools``, ``$TRIO_S6TLS_C_TOOLS``, else ``.c-s6/bin`` (built by
 ``interop/build-c-s6.sh .c-s6``); without them only our rows are printed.
-Loopback only; every wait is bounded.
+Loopback only; every wait is bounded. Exits are seen through pidfds
+(``bench/_procwait.py``): ``Popen.wait(timeout)`` polls on a ladder of
+sleeps and would round every figure up by as much as 50 ms.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from _pki import Pki, make_pki
+from _procwait import wait_exit
 from relay import Relay
 
 BIN = Path(sys.executable).parent
@@ -226,8 +229,7 @@ def run_process(
         finally:
             for copy in parked.values():
                 os.close(copy)
-        code = proc.wait(TIMEOUT)
-        ended = time.monotonic()
+        code, ended = wait_exit(proc, TIMEOUT)
     output = out_path.read_bytes()
     if code != 0 or (expect is not None and output != expect):
         raise RuntimeError(
@@ -380,8 +382,9 @@ def _audit(event, args):
 sys.addaudithook(_audit)
 sys.argv = sys.argv[1:]
 sys.path[0] = os.path.dirname(sys.argv[0])  # as when the script runs itself, not -c's cwd
-import runpy
-runpy.run_path(sys.argv[0], run_name="__main__")
+with open(sys.argv[0]) as _script:  # not runpy: it would import pkgutil the tool never does
+    _code = compile(_script.read(), sys.argv[0], "exec")
+exec(_code, {"__name__": "__main__", "__file__": sys.argv[0], "__builtins__": builtins})
 """
 
 
@@ -515,8 +518,11 @@ def floor_commands() -> dict[str, list[str]]:
 
 def timed(argv: Sequence[str]) -> float:
     started = time.monotonic()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, timeout=TIMEOUT, check=True)
-    return time.monotonic() - started
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    code, ended = wait_exit(process, TIMEOUT)
+    if code != 0:
+        raise RuntimeError(f"{argv} exited {code}")
+    return ended - started
 
 
 def import_profile(top: int = 6) -> str:

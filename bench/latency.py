@@ -18,7 +18,9 @@ Usage: ``python bench/latency.py [-n RUNS] [--install]``. Needs the
 installed console scripts next to this interpreter and ``stunnel4``
 (skipped if absent; ``--install``, which ``nox -s bench -- --install``
 passes to every script, apt-get installs it). Loopback only. Prints one
-line per tool and the ratios.
+line per tool and the ratios. Exits are seen through pidfds
+(``bench/_procwait.py``): ``Popen.wait(timeout)`` polls on a ladder of
+sleeps and rounded every figure up by as much as 50 ms.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import trustme
+from _procwait import wait_exit
 
 BIN = Path(sys.executable).parent
 TIMEOUT = 30.0
@@ -133,44 +136,44 @@ PROG_CLIENT = ["sh", "-c", "echo ping >&7; head -n 1 <&6"]
 
 def run_server_tool(pki: Pki, argv: list[str]) -> float:
     client, server = tcp_pair()
-    started = time.perf_counter()
+    started = time.monotonic()
     proc = spawn(
         argv, {0: server.fileno(), 1: server.fileno()}, pki.env(), stderr=subprocess.DEVNULL
     )
     server.close()
     tls_line_client(pki, client)
-    proc.wait(TIMEOUT)
-    elapsed = time.perf_counter() - started
-    assert proc.returncode == 0, (argv, proc.returncode)
-    return elapsed
+    code, ended = wait_exit(proc, TIMEOUT)
+    assert code == 0, (argv, code)
+    return ended - started
 
 
 def run_tlsc(pki: Pki) -> float:
     listener, thread = tls_echo_server(pki)
     with listener:
         sock = socket.create_connection(listener.getsockname()[:2])
-        started = time.perf_counter()
         argv = [str(BIN / "s6-tlsc"), "-k", "localhost", "--", *PROG_CLIENT]
-        proc = spawn(
-            argv,
-            {6: sock.fileno(), 7: sock.fileno()},
-            pki.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        sock.close()
-        out, _ = proc.communicate(timeout=TIMEOUT)
-        elapsed = time.perf_counter() - started
+        with tempfile.TemporaryFile() as stdout:
+            started = time.monotonic()
+            proc = spawn(
+                argv,
+                {6: sock.fileno(), 7: sock.fileno()},
+                pki.env(),
+                stdout=stdout,
+                stderr=subprocess.DEVNULL,
+            )
+            sock.close()
+            code, ended = wait_exit(proc, TIMEOUT)
+            stdout.seek(0)
+            out = stdout.read()
     thread.join(TIMEOUT)
-    assert out == b"ping\n" and proc.returncode == 0, (out, proc.returncode)
-    return elapsed
+    assert out == b"ping\n" and code == 0, (out, code)
+    return ended - started
 
 
 def run_tlsclient(pki: Pki) -> float:
     listener, thread = tls_echo_server(pki)
     with listener:
         port = listener.getsockname()[1]
-        started = time.perf_counter()
         argv = [
             str(BIN / "s6-tlsclient"),
             "-H",
@@ -181,13 +184,15 @@ def run_tlsclient(pki: Pki) -> float:
             *PROG_CLIENT,
         ]
         # stderr stays with the engine child until its end: not part of prog's latency.
-        proc = subprocess.run(
-            argv, env=pki.env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=TIMEOUT
-        )
-        elapsed = time.perf_counter() - started
+        with tempfile.TemporaryFile() as stdout:
+            started = time.monotonic()
+            proc = subprocess.Popen(argv, env=pki.env(), stdout=stdout, stderr=subprocess.DEVNULL)
+            code, ended = wait_exit(proc, TIMEOUT)
+            stdout.seek(0)
+            out = stdout.read()
     thread.join(TIMEOUT)
-    assert proc.stdout == b"ping\n" and proc.returncode == 0, proc
-    return elapsed
+    assert out == b"ping\n" and code == 0, (out, code)
+    return ended - started
 
 
 def stunnel_config(directory: Path, name: str, lines: list[str]) -> Path:
@@ -206,7 +211,7 @@ def run_stunnel_client(pki: Pki, stunnel: str, directory: Path) -> float:
             ["client = yes", f"CAfile = {pki.ca_file}", "verifyChain = yes", "checkHost = localhost",
              "sni = localhost", f"connect = 127.0.0.1:{port}"],
         )  # fmt: skip
-        started = time.perf_counter()
+        started = time.monotonic()
         proc = subprocess.Popen(
             [stunnel, str(config)],
             stdin=subprocess.PIPE,
@@ -218,12 +223,11 @@ def run_stunnel_client(pki: Pki, stunnel: str, directory: Path) -> float:
         proc.stdin.flush()
         line = proc.stdout.readline()  # the harness plays prog: one line each way
         proc.stdin.close()
-        proc.wait(TIMEOUT)
+        _, ended = wait_exit(proc, TIMEOUT)
         proc.stdout.close()
-        elapsed = time.perf_counter() - started
     thread.join(TIMEOUT)
     assert line == b"ping\n", line
-    return elapsed
+    return ended - started
 
 
 def median_ms(function: Callable[[], float], runs: int) -> float:

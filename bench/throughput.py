@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trustme
+from _procwait import wait_exit
 
 from trio_s6tls import install_fds
 
@@ -79,10 +80,15 @@ READER = ["sh", "-c", "exec cat >/dev/null"]
 
 
 def finish(processes: list[subprocess.Popen[bytes]], started: float) -> float:
+    """Seconds from ``started`` (time.monotonic) to the last exit, seen
+    through pidfds (``Popen.wait(timeout)`` polls up to 50 ms apart)."""
+    ended = started
     for process in processes:
-        if process.wait(TIMEOUT) != 0:
-            raise RuntimeError(f"{process.args!r} exited {process.returncode}")
-    return time.perf_counter() - started
+        code, seen = wait_exit(process, TIMEOUT)
+        if code != 0:
+            raise RuntimeError(f"{process.args!r} exited {code}")
+        ended = max(ended, seen)
+    return ended - started
 
 
 def loopback_pair() -> tuple[socket.socket, socket.socket]:
@@ -95,7 +101,7 @@ def loopback_pair() -> tuple[socket.socket, socket.socket]:
 def run_ours(pki: Pki, size: int, up: bool) -> float:
     env = pki.env()
     null = os.open(os.devnull, os.O_RDWR)
-    started = time.perf_counter()
+    started = time.monotonic()
     client_sock, server_sock = loopback_pair()
     app_out_r, app_out_w = os.pipe()  # the sending application's output
     app_in_r, app_in_w = os.pipe()  # the receiving application's input
@@ -137,7 +143,7 @@ def run_stunnel(pki: Pki, size: int, up: bool, directory: Path) -> float:
         )
         null = os.open(os.devnull, os.O_RDWR)
         app_r, app_w = os.pipe()
-        started = time.perf_counter()
+        started = time.monotonic()
         if up:
             sending = spawn(writer(size), {1: app_w, 0: null})
             client = spawn(["stunnel4", str(directory / "client.conf")], {0: app_r, 1: null})
@@ -177,7 +183,7 @@ def run_stunnel_daemon(pki: Pki, size: int, up: bool, directory: Path) -> float:
         f"[c]\naccept = 127.0.0.1:{entry}\nconnect = 127.0.0.1:{middle}\n"
     )
     zeros = f"OPEN:/dev/zero,readbytes={size}"
-    started = time.perf_counter()
+    started = time.monotonic()
     daemons = [
         spawn(["stunnel4", str(directory / name)], {}) for name in ("dserver.conf", "dclient.conf")
     ]
@@ -231,7 +237,7 @@ def run_socat(pki: Pki, size: int, up: bool) -> float:
     tls = f"cert={pki.server},verify=0,reuseaddr,bind=127.0.0.1"
     client_tls = f"127.0.0.1:{port},cafile={pki.ca},verify=1,commonname=localhost"
     null = os.open(os.devnull, os.O_RDWR)
-    started = time.perf_counter()
+    started = time.monotonic()
     if up:
         server = spawn(
             ["socat", "-u", f"OPENSSL-LISTEN:{port},{tls}", "SYSTEM:exec cat >/dev/null"], {}

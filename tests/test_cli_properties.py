@@ -217,8 +217,7 @@ def _flag_forms(opt: Any) -> list[str]:
     forms = []
     if opt.short:
         forms.append(f"-{opt.short}")
-    if opt.long:
-        forms.append(f"--{opt.long}")
+    forms += [f"--{name}" for name in opt.longs]
     return forms
 
 
@@ -361,7 +360,7 @@ def test_random_command_lines_in_process(
     """Never a traceback: help (0), a one-line rejection (usage → 100), or
     the program reaches its real work (stopped there by a stub)."""
     module = importlib.import_module(f"trio_s6tls.programs.{PROGRAMS[name]}")
-    options = list(module.OPTIONS)
+    options = list(module.PROGRAM.options)
 
     @settings(
         max_examples=120,
@@ -395,7 +394,7 @@ def test_random_command_lines_through_the_scripts(name: str) -> None:
     """The real scripts, without any TLS configuration: whatever the
     command line, they end before any network I/O, in one line."""
     module = importlib.import_module(f"trio_s6tls.programs.{PROGRAMS[name]}")
-    options = [o for o in module.OPTIONS if o.long != "no-verify-cert"]
+    options = [o for o in module.PROGRAM.options if "no-verify-cert" not in o.longs]
 
     @settings(max_examples=3, deadline=None, derandomize=True, database=None)
     @given(argv=argvs(options, name))

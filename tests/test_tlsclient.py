@@ -458,10 +458,12 @@ def test_paranoid_reverse_lookup_needs_forward_confirmation(
 ) -> None:
     """-n: a reverse name counts only if it resolves back to the address
     (unit test: on loopback both answers agree, so -n and -N look alike)."""
-    from trio_s6tls import _tcpclient
+    from trio_s6tls._access import reverse_name
 
-    monkeypatch.setattr(socket, "gethostbyaddr", lambda ip: ("liar.example", [], [ip]))
-    monkeypatch.setattr(socket, "getaddrinfo", lambda name, port: [(2, 1, 6, "", ("192.0.2.7", 0))])
-    assert _tcpclient._reverse_name("192.0.2.99", paranoid=False) == "liar.example"
-    assert _tcpclient._reverse_name("192.0.2.99", paranoid=True) is None
-    assert _tcpclient._reverse_name("192.0.2.7", paranoid=True) == "liar.example"
+    monkeypatch.setattr(socket, "getnameinfo", lambda address, flags: ("liar.example", "0"))
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda name, port, **kw: [(2, 1, 6, "", ("192.0.2.7", 0))]
+    )
+    assert reverse_name("192.0.2.99", paranoid=False) == "liar.example"
+    assert reverse_name("192.0.2.99", paranoid=True) is None
+    assert reverse_name("192.0.2.7", paranoid=True) == "liar.example"

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from trio_s6tls import _der
-from trio_s6tls._cli import parse_options
+from trio_s6tls import _der, parse_identity
 from trio_s6tls._errors import EXIT_CONFIG, EXIT_USAGE, Fatal, UsageError
 from trio_s6tls._handshake_info import apply_variables, decode_notification, encode_notification
 from trio_s6tls._tlsconfig import (
@@ -21,11 +20,11 @@ from trio_s6tls._tlsconfig import (
     TLSOptions,
     client_context,
     is_tls_variable,
-    parse_identity,
     server_context,
     valid_sni_name,
 )
 from trio_s6tls.programs import _options
+from trio_s6tls.programs._cli import parse_options
 
 # -- option parsing ---------------------------------------------------------
 

@@ -27,8 +27,8 @@ _EXPORTS = {
     "TLSOptions": "_tlsconfig",
     "client_context": "_tlsconfig",
     "server_context": "_tlsconfig",
-    "parse_identity": "_tlsconfig",
-    "drop_privileges": "_tlsconfig",
+    "parse_identity": "_identity",
+    "drop_privileges": "_identity",
     "is_tls_variable": "_tlsconfig",
     "SSL_VARIABLES": "_handshake_info",
     "handshake_variables": "_handshake_info",
@@ -86,6 +86,8 @@ if TYPE_CHECKING:
     from ._handshake_info import decode_notification as decode_notification
     from ._handshake_info import encode_notification as encode_notification
     from ._handshake_info import handshake_variables as handshake_variables
+    from ._identity import drop_privileges as drop_privileges
+    from ._identity import parse_identity as parse_identity
     from ._log import Log as Log
     from ._server import ConnectionRecord as ConnectionRecord
     from ._server import Server as Server
@@ -97,9 +99,7 @@ if TYPE_CHECKING:
     from ._tcpclient import open_connection as open_connection
     from ._tlsconfig import TLSOptions as TLSOptions
     from ._tlsconfig import client_context as client_context
-    from ._tlsconfig import drop_privileges as drop_privileges
     from ._tlsconfig import is_tls_variable as is_tls_variable
-    from ._tlsconfig import parse_identity as parse_identity
     from ._tlsconfig import server_context as server_context
     from ._ucspitls import UcspiTLS as UcspiTLS
     from ._ucspitls import UcspiTLSError as UcspiTLSError

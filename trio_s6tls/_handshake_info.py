@@ -48,7 +48,7 @@ def handshake_variables(
 
     ``peer_cert_requested``: the server asked for a client certificate
     (``-Y`` or ``-y``). Then, as the C tools do, a client that sent none
-    gets ``SSL_PEER_CERT_HASH`` = :data:`NO_CERT_HASH` (and
+    gets ``SSL_PEER_CERT_HASH`` = ``SHA256:`` and 64 zeros (and
     ``SSL_PEER_CERT_SUBJECT`` unset); without it the hash is unset too.
     """
     cipher = conn.cipher()

@@ -1,5 +1,7 @@
-"""The identity a super-server runs as: ``-u``/``-g``/``-G``/``-U``, and
-``TLS_UID``/``TLS_GID`` for s6-tlsserver.
+"""Process identity: ``TLS_UID``/``TLS_GID`` for the TLS engines
+(:func:`parse_identity`, :func:`drop_privileges`), and the identity a
+super-server runs as: ``-u``/``-g``/``-G``/``-U``, and ``TLS_UID``/``TLS_GID``
+for s6-tlsserver (:func:`server_identity`, :func:`assume`).
 
 In the C chain every connection has its own processes: s6-tcpserver
 applies ``-u``/``-g`` before s6-tcpserverd; s6-tlsserver hands them to
@@ -18,12 +20,14 @@ socket and loaded its keys:
   users in one process — keeping a way back to root for prog would leave it
   to the TLS code as well.
 
-:func:`server_identity` is pure; :func:`assume` makes the system calls.
+:func:`parse_identity` and :func:`server_identity` are pure;
+:func:`drop_privileges` and :func:`assume` make the system calls.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ._errors import EXIT_SYSTEM, EXIT_USAGE, Fatal, describe_os_error
@@ -45,7 +49,7 @@ class Identity:
 def server_identity(
     uid: int | None,
     gid: int | None,
-    groups: list[int] | None,
+    groups: Sequence[int] | None,
     tls_ids: tuple[int | None, int | None] = (None, None),
     *,
     as_root: bool,
@@ -93,3 +97,31 @@ def assume(identity: Identity) -> None:
     except (OSError, OverflowError) as error:
         detail = describe_os_error(error) if isinstance(error, OSError) else str(error)
         raise Fatal(EXIT_SYSTEM, f"unable to change identity: {detail}") from None
+
+
+def parse_identity(env: Mapping[str, str]) -> tuple[int | None, int | None]:
+    """``TLS_UID``/``TLS_GID`` as numbers (100 if set and not numeric)."""
+    ids: list[int | None] = []
+    for name in ("TLS_UID", "TLS_GID"):
+        value = env.get(name)
+        if value is None or value == "":
+            ids.append(None)
+        elif value.isascii() and value.isdigit() and int(value) < 2**32 - 1:
+            ids.append(int(value))
+        else:
+            raise Fatal(EXIT_USAGE, f"invalid {name}: {value!r}")
+    return ids[0], ids[1]
+
+
+def drop_privileges(uid: int | None, gid: int | None) -> None:
+    """As root only: gid first, then uid (after keys are loaded)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        if gid is not None:
+            os.setgroups([gid])
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+    except OSError as error:
+        raise Fatal(EXIT_SYSTEM, f"unable to drop privileges: {describe_os_error(error)}") from None

@@ -18,8 +18,9 @@ from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, UsageError, describe_os_er
 from ._fds import check_open
 from ._fdstreams import FdPairStream
 from ._handshake_info import Variables, encode_notification
+from ._identity import drop_privileges
 from ._log import Log
-from ._tlsconfig import TLSOptions, client_context, drop_privileges, parse_identity, server_context
+from ._tlsconfig import TLSOptions, context_from_environment
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,6 @@ class FdPlan:
             raise UsageError("the notification fd must differ from the other fds")
 
 
-def load_context(
-    env: Mapping[str, str], options: TLSOptions, *, server_side: bool
-) -> tuple[ssl.SSLContext, tuple[int | None, int | None]]:
-    """Identity first (a usage error beats a file error), then the context."""
-    identity = parse_identity(env)
-    context = server_context(env, options) if server_side else client_context(env, options)
-    return context, identity
-
-
 def run_io(
     plan: FdPlan,
     env: Mapping[str, str],
@@ -65,7 +57,7 @@ def run_io(
     check_open([plan.network_read, plan.network_write, plan.local_read, plan.local_write])
     if plan.notify_fd is not None:
         check_open([plan.notify_fd])
-    context, (uid, gid) = load_context(env, options, server_side=server_side)
+    context, (uid, gid) = context_from_environment(env, options, server_side=server_side)
     drop_privileges(uid, gid)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     server_hostname = None if server_side else options.servername

@@ -48,31 +48,26 @@ import errno
 import functools
 import os
 import shlex
-import signal
 import socket
 import ssl
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 import trio
 
-from . import _proxy, _rules
+from ._access import Access, Refused
 from ._engine import establish, tls_over, tunnel
 from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, describe_os_error
-from ._fds import flush_stdio, prog_pipes
+from ._fds import prog_pipes
 from ._fdstreams import FdPairStream
 from ._handshake_info import apply_variables, describe_variables
-from ._identity import assume, server_identity
 from ._log import Log
 from ._spawn import ChildProcess, spawn_child
 from ._tlsconfig import (
     TLSOptions,
     is_tls_variable,
-    parse_identity,
-    server_context,
 )
 from ._ucspi import canonical_ip, tcp_environment
 
@@ -89,16 +84,17 @@ class ConnectionRecord:
     refused: str | None = None  # why the connection was closed before prog, if it was
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything :func:`serve` needs; the programs build it from options.
 
-    ``context`` is ``None`` for plain TCP (s6-tcpserver). It may be replaced
-    at any time (certificate reload): each connection uses the context
-    current when its handshake starts.
+    ``context`` is ``None`` for plain TCP (s6-tcpserver). A certificate
+    reload replaces the running server's context
+    (:meth:`Server.reload`): each connection uses the one current when its
+    handshake starts.
     """
 
-    argv: list[str]
+    argv: Sequence[str]
     context: ssl.SSLContext | None = None
     tls_options: TLSOptions = field(default_factory=TLSOptions)
     base_env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -117,7 +113,7 @@ class ServerConfig:
     # unset: the server process itself takes -u/-g/-G, and prog inherits it.
     uid: int | None = None
     gid: int | None = None
-    groups: list[int] | None = None
+    groups: Sequence[int] | None = None
     keep_env: bool = False  # -Z: leave CERTFILE, KEYFILE... in prog's env
     report_resumption: bool = False  # export SSL_SESSION_RESUMED
     log: Log = field(default_factory=lambda: Log("trio_s6tls"))
@@ -142,12 +138,6 @@ _RESOURCE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBU
 #: Concurrent posix_spawn calls (each holds its thread ~1-2 ms, until the exec).
 SPAWN_THREADS = 8
 
-T = TypeVar("T")
-
-
-class Refused(Exception):
-    """The connection ends before prog, for the reason given (already logged)."""
-
 
 class Server:
     """A running :func:`serve`: what the programs' signal handlers act on.
@@ -157,6 +147,7 @@ class Server:
         self, config: ServerConfig, on_finished: Callable[[ConnectionRecord], None] | None
     ) -> None:
         self.config = config
+        self.context = config.context  # the current one (see reload)
         self.on_finished = on_finished
         self.slots = trio.Semaphore(max(config.max_conn, 1))
         self.per_ip: Counter[str] = Counter()
@@ -166,8 +157,16 @@ class Server:
         self.spawning: dict[object, list[int]] = {}
         self.accept_scope = trio.CancelScope()
         self.cancel_scope = trio.CancelScope()
-        self.lookup_threads = trio.CapacityLimiter(max(config.max_conn, 1))
-        self.rules_threads = trio.CapacityLimiter(max(config.max_conn, 1))
+        self.access = Access(
+            log=config.log,
+            timeout_ms=config.access_timeout_ms,
+            threads=config.max_conn,
+            rules_dir=config.rules_dir,
+            remote_lookup=config.remote_lookup,
+            paranoid=config.paranoid,
+            local_name=config.local_name,
+            warn_lookup_failure=config.warn_lookup_failure,
+        )
         self.spawn_threads = trio.CapacityLimiter(SPAWN_THREADS)
         # One cancel scope per connection whose prog has not started yet.
         self.waiting: set[trio.CancelScope] = set()
@@ -215,7 +214,7 @@ class Server:
 
     def reload(self, context: ssl.SSLContext) -> None:
         """New connections use ``context``; open ones keep theirs."""
-        self.config.context = context
+        self.context = context
 
     # -- accepting -------------------------------------------------------
 
@@ -311,25 +310,20 @@ class Server:
         waiting: trio.CancelScope,
     ) -> None:
         config = self.config
-        log = config.log
-        argv = config.argv
+        argv = list(config.argv)
         env = self._base_env()
         rules_env: dict[str, str | None] = {}
         if config.rules_dir is not None:
-            decision = await self._rules_decision(config.rules_dir, remote)
-            if not decision.allowed:
-                log.info(f"deny {remote[0]} port {remote[1]}", level=2)
-                raise Refused("denied by rules")
-            log.info(f"allow {remote[0]} port {remote[1]} by {decision.key}", level=2)
+            decision = await self.access.rules(remote)
             if decision.argv:
                 argv = decision.argv
             rules_env = decision.env
         if config.proxy:
-            header = await self._read_proxy_header(sock, remote)
+            header = await self.access.proxy_header(sock, remote)
             if header.source is not None and header.destination is not None:
                 remote = (canonical_ip(header.source[0]), header.source[1])
                 local = (canonical_ip(header.destination[0]), header.destination[1])
-        remote_host, local_host = await self._lookups(local, remote)
+        remote_host, local_host = await self.access.names(local, remote)
         apply_variables(
             env,
             tcp_environment(
@@ -345,10 +339,10 @@ class Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if config.banner:
             await _send_all(sock, config.banner)
-        if config.context is None:
+        if self.context is None:
             await self._run_plain(sock, argv, env, record, waiting)
         else:
-            await self._run_tls(sock, config.context, argv, env, record, waiting)
+            await self._run_tls(sock, self.context, argv, env, record, waiting)
 
     async def _prog_starting(self, waiting: trio.CancelScope) -> None:
         """From here on, stopping the server no longer closes this
@@ -356,80 +350,11 @@ class Server:
         self.waiting.discard(waiting)
         await trio.lowlevel.checkpoint_if_cancelled()  # stopped just before: no prog
 
-    async def _rules_decision(self, rules_dir: str, remote: tuple[str, int]) -> _rules.Decision:
-        """``-i``: the lookup reads files, so it runs in a thread, under ``-t``."""
-        with self._bounded():
-            return await trio.to_thread.run_sync(
-                _rules.lookup,
-                rules_dir,
-                remote[0],
-                limiter=self.rules_threads,
-                abandon_on_cancel=True,  # a stuck file system keeps the thread, not us
-            )
-        self.config.log.warn(f"rules lookup for {remote[0]} port {remote[1]} timed out")
-        raise Refused("rules lookup timed out")
-
     def _base_env(self) -> dict[str, str]:
         config = self.config
         if config.context is None or config.keep_env:
             return dict(config.base_env)
         return {k: v for k, v in config.base_env.items() if not is_tls_variable(k)}
-
-    def _bounded(self) -> trio.CancelScope:
-        """The ``-t`` bound on lookups and the PROXY wait (none if 0)."""
-        timeout = self.config.access_timeout_ms
-        return trio.move_on_after(timeout / 1000) if timeout else trio.CancelScope()
-
-    async def _read_proxy_header(
-        self, sock: trio.socket.SocketType, remote: tuple[str, int]
-    ) -> _proxy.ProxyHeader:
-        """Read exactly the header (the TLS ClientHello follows it)."""
-        buffer = b""
-        try:
-            with self._bounded():
-                while wanted := _proxy.bytes_wanted(buffer):
-                    chunk = await sock.recv(wanted)
-                    if not chunk:
-                        raise _proxy.ProxyError("connection closed inside the PROXY header")
-                    buffer += chunk
-                return _proxy.parse(buffer)
-            raise _proxy.ProxyError("timed out waiting for the PROXY header")
-        except (_proxy.ProxyError, OSError) as error:
-            detail = describe_os_error(error) if isinstance(error, OSError) else str(error)
-            self.config.log.warn(f"bad PROXY header from {remote[0]} port {remote[1]}: {detail}")
-            raise Refused("bad PROXY header") from None
-
-    async def _lookups(
-        self, local: tuple[str, int], remote: tuple[str, int]
-    ) -> tuple[str | None, str | None]:
-        """``TCPREMOTEHOST`` and ``TCPLOCALHOST``: reverse lookups unless
-        ``-H``; ``-l`` names the local host; ``-p`` drops a remote name that
-        does not resolve back to the address."""
-        config = self.config
-        local_host = config.local_name
-        if not config.remote_lookup:
-            return None, local_host
-        remote_host: str | None = None
-        with self._bounded():
-            remote_host = await self._in_lookup_thread(_reverse_lookup, remote[0])
-            if (
-                remote_host is not None
-                and config.paranoid
-                and not await self._in_lookup_thread(_resolves_to, remote_host, remote[0])
-            ):
-                remote_host = None
-            if local_host is None:
-                local_host = await self._in_lookup_thread(_reverse_lookup, local[0])
-        if remote_host is None and config.warn_lookup_failure:
-            config.log.info(f"no name for {remote[0]}", level=2)
-        return remote_host, local_host
-
-    async def _in_lookup_thread(self, function: Callable[..., T], *args: str) -> T:
-        """Name lookups get threads of their own: slow DNS must never hold
-        up the spawning of progs (nor the other way round)."""
-        return await trio.to_thread.run_sync(
-            function, *args, limiter=self.lookup_threads, abandon_on_cancel=True
-        )
 
     async def _spawn(
         self, argv: list[str], env: dict[str, str], *, stdin: int, stdout: int
@@ -458,7 +383,7 @@ class Server:
                     env=env,
                     user=config.uid,
                     group=config.gid,
-                    extra_groups=config.groups,
+                    extra_groups=None if config.groups is None else list(config.groups),
                     restore_signals=True,  # SIGPIPE back to the default in prog
                 )
         except (OSError, subprocess.SubprocessError) as error:
@@ -595,22 +520,6 @@ async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
         view = view[await sock.send(view) :]
 
 
-def _reverse_lookup(ip: str) -> str | None:
-    try:
-        host, _ = socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)
-    except (OSError, UnicodeError):
-        return None
-    return host
-
-
-def _resolves_to(name: str, ip: str) -> bool:
-    try:
-        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return False
-    return any(canonical_ip(str(info[4][0])) == ip for info in infos)
-
-
 async def serve(
     listeners: list[trio.SocketListener],
     config: ServerConfig,
@@ -676,254 +585,3 @@ def bind(ip: str, port: int, backlog: int, *, reuse_port: bool = False) -> socke
 def listener_from(sock: socket.socket) -> trio.SocketListener:
     """Inside ``trio.run``: a Trio listener over a socket from :func:`bind`."""
     return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-
-
-# -- the programs: s6-tcpserver and s6-tlsserver ---------------------------
-
-#: Signals the programs act on; blocked from binding until a handler is in
-#: place, so that one sent right after the readiness line is not lost.
-HANDLED_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGABRT,
-    signal.SIGUSR1,
-)
-
-
-def configure_resumption(context: ssl.SSLContext, enabled: bool) -> ssl.SSLContext:
-    """Session tickets only with ``--resumption``: the C tools resume nothing,
-    and a full handshake without tickets is cheaper."""
-    if not enabled:
-        context.num_tickets = 0
-        context.options |= ssl.OP_NO_TICKET
-    return context
-
-
-def config_from_settings(
-    settings: Mapping[str, Any],
-    *,
-    context: ssl.SSLContext | None,
-    base_env: dict[str, str],
-    log: Log,
-) -> ServerConfig:
-    """The :class:`ServerConfig` a parsed s6-tlsserver / s6-tcpserver command
-    line describes (``settings`` from ``programs.tcpserver.server_settings``,
-    plus ``programs.tlsserver.tls_server_settings``' TLS parts)."""
-    tls_options: TLSOptions | None = settings.get("tls_options")
-    return ServerConfig(
-        argv=list(settings["argv"]),
-        context=context,
-        tls_options=tls_options or TLSOptions(verbosity=settings["verbosity"]),
-        base_env=base_env,
-        max_conn=settings["max_conn"],
-        max_per_ip=settings["max_per_ip"],
-        rules_dir=settings["rules_dir"],
-        access_timeout_ms=settings["access_timeout_ms"],
-        proxy=settings["proxy"],
-        banner=settings["banner"],
-        remote_lookup=settings["remote_lookup"],
-        paranoid=settings["paranoid"],
-        local_name=settings["local_name"],
-        warn_lookup_failure=settings["warn_lookup_failure"],
-        nodelay=settings["nodelay"],
-        uid=settings["uid"],
-        gid=settings["gid"],
-        groups=settings["groups"],
-        keep_env=bool(settings.get("keep_env", False)),
-        report_resumption=bool(settings.get("resumption", False)),
-        log=log,
-    )
-
-
-def launch_program(name: str, settings: Mapping[str, Any]) -> int:
-    """Everything s6-tcpserver / s6-tlsserver do after parsing options:
-    load the TLS context and check the identity (errors before any network
-    I/O), bind, become the server's identity (:mod:`._identity`: ``-u``,
-    ``-g``, ``-G``, ``-U``, ``TLS_UID``/``TLS_GID``; prog inherits it),
-    announce readiness (``-1``), then serve in this process or in
-    ``--workers`` forked processes (forked before ``trio.run``, each with
-    its own ``SO_REUSEPORT`` socket on the same port)."""
-    log = Log(name, settings["verbosity"])
-    env = dict(os.environ)
-    tls_options: TLSOptions | None = settings.get("tls_options")
-    resumption = bool(settings.get("resumption", False))
-    context: ssl.SSLContext | None = None
-    reload: Callable[[], ssl.SSLContext] | None = None
-    tls_ids: tuple[int | None, int | None] = (None, None)
-    if tls_options is not None:
-        options = tls_options
-        tls_ids = parse_identity(env)
-
-        def load_context() -> ssl.SSLContext:
-            return configure_resumption(server_context(os.environ, options), resumption)
-
-        context = load_context()
-        reload = load_context
-    identity = server_identity(
-        settings["uid"], settings["gid"], settings["groups"], tls_ids, as_root=os.geteuid() == 0
-    )
-    rules_dir = settings["rules_dir"]
-    if rules_dir is not None and not os.path.isdir(rules_dir):
-        raise Fatal(EXIT_SYSTEM, f"unable to read rules directory {rules_dir}")
-    config = config_from_settings(settings, context=context, base_env=env, log=log)
-    config.uid = config.gid = config.groups = None  # prog inherits the server's identity
-    workers = settings["workers"]
-    backlog = settings["backlog"] if settings["backlog"] is not None else socket.SOMAXCONN
-    first = bind(settings["ip"], settings["port"], backlog, reuse_port=workers > 1)
-    port = first.getsockname()[1]
-    sockets = [first] + [
-        bind(settings["ip"], port, backlog, reuse_port=True) for _ in range(workers - 1)
-    ]
-    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)  # until the handlers are in place
-    assume(identity)  # bound and keys loaded: no TLS code runs as root from here on
-    if settings["readiness"]:
-        _announce(port)
-    if workers == 1:
-        return _run_worker(first, config, reload)
-    return _fork_workers(sockets, config, reload)
-
-
-def _announce(port: int) -> None:
-    """``-1``: the port and a newline on stdout, then stdout closed (fd 1
-    kept open on /dev/null so that no later fd takes its number)."""
-    try:
-        os.write(1, f"{port}\n".encode())
-    except OSError as error:
-        raise Fatal(EXIT_SYSTEM, f"unable to write readiness: {describe_os_error(error)}") from None
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    os.close(null)
-
-
-def _run_worker(
-    sock: socket.socket, config: ServerConfig, reload: Callable[[], ssl.SSLContext] | None
-) -> int:
-    async def main() -> int:
-        with trio.open_signal_receiver(*HANDLED_SIGNALS) as receiver:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-            try:
-                async with trio.open_nursery() as nursery:
-
-                    async def serve_then_stop(
-                        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
-                    ) -> None:
-                        try:
-                            await serve([listener_from(sock)], config, task_status=task_status)
-                        finally:
-                            nursery.cancel_scope.cancel()
-
-                    server: Server = await nursery.start(serve_then_stop)
-                    nursery.start_soon(_obey_signals, receiver, server, reload)
-            finally:
-                # Done serving: a late signal (a second SIGINT, one the
-                # supervisor forwards) must not kill us with its default
-                # action once the receiver is gone.
-                signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        return 0
-
-    return trio.run(main)
-
-
-async def _obey_signals(
-    receiver: AsyncIterator[int], server: Server, reload: Callable[[], ssl.SSLContext] | None
-) -> None:
-    """The documented signals. Repeats may coalesce; each action is
-    idempotent. SIGINT (Ctrl-C) is SIGTERM; a second SIGINT: exit now."""
-    log = server.config.log
-    plain = server.config.context is None
-    interrupted = False
-    async for signum in receiver:
-        log.info(f"received {signal.Signals(signum).name}", level=2)
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            if signum == signal.SIGINT:
-                if interrupted:
-                    server.exit_now()  # the second Ctrl-C: do not wait for the progs
-                interrupted = True
-            server.stop()
-            if plain:  # progs own their sockets: they outlive us, as with the C tool
-                server.exit_now(abandon_children=True)
-        elif signum in (signal.SIGHUP, signal.SIGQUIT):
-            server.signal_children(signal.SIGTERM)
-            server.signal_children(signal.SIGCONT)
-            if signum == signal.SIGQUIT:
-                server.exit_now(abandon_children=True)
-        elif signum == signal.SIGABRT:
-            server.signal_children(signal.SIGKILL)
-            server.exit_now()
-        elif signum == signal.SIGUSR1 and reload is not None:
-            try:
-                server.reload(reload())
-            except Fatal as error:
-                log.warn(f"certificate reload failed, keeping the old ones: {error.message}")
-            except Exception as error:  # whatever it is, the server goes on
-                log.warn(f"certificate reload failed, keeping the old ones: {error!r}")
-            else:
-                log.info("certificates reloaded", level=2)
-
-
-def _fork_workers(
-    sockets: list[socket.socket], config: ServerConfig, reload: Callable[[], ssl.SSLContext] | None
-) -> int:
-    """One worker per socket; we stay as a supervisor that forwards signals
-    and exits when every worker has."""
-    log = config.log
-    flush_stdio()
-    pids: list[int] = []
-    for sock in sockets:
-        pid = os.fork()
-        if pid == 0:  # the worker: no trio loop and no thread exists yet
-            code = EXIT_SYSTEM
-            try:
-                for other in sockets:
-                    if other is not sock:
-                        other.close()
-                code = _run_worker(sock, config, reload)
-            except Fatal as error:
-                log.fatal(error.message)
-                code = error.exit_code
-            except BaseException as error:
-                log.fatal(f"worker failed: {error!r}")
-            finally:
-                flush_stdio()
-                os._exit(code)
-        pids.append(pid)
-    for sock in sockets:
-        sock.close()
-    return _supervise(pids, log)
-
-
-def _supervise(pids: list[int], log: Log) -> int:
-    live = set(pids)
-    interrupted = False
-
-    def forward(signum: int, _frame: object) -> None:
-        # Ctrl-C reaches the workers directly too (one process group), so
-        # SIGINT is not passed on as itself, which could count twice: the
-        # first becomes SIGTERM (stop), the next SIGABRT (stop at once).
-        nonlocal interrupted
-        if signum == signal.SIGINT:
-            signum = signal.SIGABRT if interrupted else signal.SIGTERM
-            interrupted = True
-        for pid in list(live):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    for signum in HANDLED_SIGNALS:
-        signal.signal(signum, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-    status = 0
-    while live:
-        try:
-            pid, wait_status = os.waitpid(-1, 0)  # retried after a handler (PEP 475)
-        except ChildProcessError:
-            break
-        if pid not in live:
-            continue
-        live.discard(pid)
-        code = os.waitstatus_to_exitcode(wait_status)
-        if code:
-            log.warn(f"worker {pid} ended with status {code}")
-            status = status or (code if code > 0 else EXIT_SYSTEM)
-    return status

@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ._access import reverse_name
 from ._errors import EXIT_SYSTEM, EXIT_USAGE, Fatal, describe_os_error
 from ._log import Log
 from ._ucspi import tcp_environment
@@ -157,21 +158,6 @@ def connect(
     raise Fatal(EXIT_SYSTEM, f"unable to connect to {target}: {describe_os_error(last_error)}")
 
 
-def _reverse_name(ip: str, *, paranoid: bool) -> str | None:
-    try:
-        name = socket.gethostbyaddr(ip)[0]
-    except (OSError, UnicodeError):
-        return None
-    if paranoid:
-        try:
-            forward = {info[4][0] for info in socket.getaddrinfo(name, None)}
-        except (OSError, UnicodeError):
-            return None
-        if ip not in forward:
-            return None
-    return name
-
-
 def client_environment(sock: socket.socket, options: TcpClientOptions) -> dict[str, str | None]:
     """The UCSPI client variables for a connected socket."""
     local = sock.getsockname()
@@ -179,9 +165,9 @@ def client_environment(sock: socket.socket, options: TcpClientOptions) -> dict[s
     local_host = options.local_name
     remote_host = None
     if options.lookup_names:
-        remote_host = _reverse_name(remote[0], paranoid=options.paranoid)
+        remote_host = reverse_name(remote[0], paranoid=options.paranoid)
         if local_host is None:
-            local_host = _reverse_name(local[0], paranoid=False)
+            local_host = reverse_name(local[0])
     return tcp_environment(
         local=(local[0], local[1]),
         remote=(remote[0], remote[1]),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from . import _der
 from ._errors import EXIT_CONFIG, EXIT_SYSTEM, EXIT_USAGE, Fatal, describe_os_error
+from ._identity import parse_identity
 from ._records import watch_records
 
 # TLS 1.2 suites for the server: forward secrecy and AEAD only, no CBC.
@@ -330,42 +331,24 @@ def server_context(env: Mapping[str, str], options: TLSOptions) -> ssl.SSLContex
     return context
 
 
-def check_configuration(env: Mapping[str, str], options: TLSOptions, *, server_side: bool) -> None:
-    """What a program checks before any network I/O: ``TLS_UID``/``TLS_GID``
-    (a usage error beats a file error), then the whole context."""
-    parse_identity(env)
-    if server_side:
-        server_context(env, options)
-    else:
-        client_context(env, options)
+def configure_resumption(context: ssl.SSLContext, enabled: bool) -> ssl.SSLContext:
+    """Session tickets only with ``--resumption``: the C tools resume nothing,
+    and a full handshake without tickets is cheaper."""
+    if not enabled:
+        context.num_tickets = 0
+        context.options |= ssl.OP_NO_TICKET
+    return context
 
 
-def parse_identity(env: Mapping[str, str]) -> tuple[int | None, int | None]:
-    """``TLS_UID``/``TLS_GID`` as numbers (100 if set and not numeric)."""
-    ids: list[int | None] = []
-    for name in ("TLS_UID", "TLS_GID"):
-        value = env.get(name)
-        if value is None or value == "":
-            ids.append(None)
-        elif value.isascii() and value.isdigit() and int(value) < 2**32 - 1:
-            ids.append(int(value))
-        else:
-            raise Fatal(EXIT_USAGE, f"invalid {name}: {value!r}")
-    return ids[0], ids[1]
-
-
-def drop_privileges(uid: int | None, gid: int | None) -> None:
-    """As root only: gid first, then uid (after keys are loaded)."""
-    if os.geteuid() != 0:
-        return
-    try:
-        if gid is not None:
-            os.setgroups([gid])
-            os.setgid(gid)
-        if uid is not None:
-            os.setuid(uid)
-    except OSError as error:
-        raise Fatal(EXIT_SYSTEM, f"unable to drop privileges: {describe_os_error(error)}") from None
+def context_from_environment(
+    env: Mapping[str, str], options: TLSOptions, *, server_side: bool
+) -> tuple[ssl.SSLContext, tuple[int | None, int | None]]:
+    """A program's whole TLS configuration from its environment, checked
+    before any network I/O: ``TLS_UID``/``TLS_GID`` first (a usage error
+    beats a file error), then the context. Returns both."""
+    identity = parse_identity(env)
+    context = server_context(env, options) if server_side else client_context(env, options)
+    return context, identity
 
 
 TLS_VARIABLES = ("CADIR", "CAFILE", "CERTFILE", "KEYFILE", "TLS_UID", "TLS_GID")

@@ -111,10 +111,10 @@ def ucspitls_then_exec(
 ) -> int:
     """s6-ucspitlsc / s6-ucspitlsd: fork the waiting engine child and exec
     prog at once. Returns only by raising :class:`Fatal`."""
-    from ._tlsconfig import check_configuration
+    from ._tlsconfig import context_from_environment
 
     check_open(network)
-    check_configuration(os.environ, options, server_side=server_side)
+    context_from_environment(os.environ, options, server_side=server_side)
     to_prog_read, to_prog_write = high_pipe()  # engine → prog (cleartext)
     from_prog_read, from_prog_write = high_pipe()  # prog → engine (cleartext)
     control_prog, control_engine = high_socketpair()

@@ -24,6 +24,7 @@ out, also when the test fails or is cancelled.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shutil
@@ -54,7 +55,7 @@ from ._peer import (
     wrap_transport,
 )
 from ._server import ConnectionRecord
-from ._tlsconfig import TLSOptions, server_context
+from ._tlsconfig import TLSOptions, configure_resumption, server_context
 from ._transcript import Transcript, TranscriptEntry, TranscriptStream
 
 __all__ = [
@@ -289,32 +290,29 @@ def _server_config(
     from ``server_options``, parsed by the program's own option table;
     ValueError for what either rejects or what makes no sense in process
     (``--workers`` above 1). Also returns the ``-b`` backlog."""
-    from ._cli import parse_options
-    from ._log import Log
     from .programs import tcpserver, tlsserver
 
-    table = tlsserver.OPTIONS if tls else tcpserver.OPTIONS
+    program = tlsserver.PROGRAM if tls else tcpserver.PROGRAM
     try:
-        parsed = parse_options([*server_options, host, "0", *argv], table)
+        parsed = program.parse([*server_options, host, "0", *argv])
         if parsed.operands[2:] != argv:
             raise ValueError(f"{list(server_options)!r}: not all options")
-        settings = (
-            tlsserver.tls_server_settings(parsed)
+        launch = (
+            tlsserver.tls_server_launch(parsed)
             if tls
-            else tcpserver.server_settings(parsed, tls=False)
+            else tcpserver.server_launch(parsed, name=program.name)
         )
-        if settings["workers"] != 1:
+        if launch.listen.workers != 1:
             raise ValueError("--workers is not available in process")
         context = None
         if tls:
-            context = _server.configure_resumption(
-                server_context(base_env, settings["tls_options"]), settings["resumption"]
+            context = configure_resumption(
+                server_context(base_env, launch.server.tls_options), launch.resumption
             )
     except Fatal as error:
         raise ValueError(f"{list(server_options)!r}: {error.message}") from None
-    log = Log("s6-tlsserver" if tls else "s6-tcpserver", settings["verbosity"])
-    config = _server.config_from_settings(settings, context=context, base_env=base_env, log=log)
-    return config, settings["backlog"]
+    config = dataclasses.replace(launch.server, context=context, base_env=base_env)
+    return config, launch.listen.backlog
 
 
 @asynccontextmanager

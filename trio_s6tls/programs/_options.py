@@ -1,13 +1,10 @@
-"""Option tables shared by the programs (SPEC.md, "Shared TLS options")."""
+"""Option tables shared by the programs: the TLS options of the engines and
+wrappers (docs/programs/index.rst), ``-Z``/``-z``, ``-6``/``-7``, ``-d``,
+and the help text they share. Import-light (read at ``--help``)."""
 
 from __future__ import annotations
 
-from .._cli import Opt, Parsed, fd_number, uint
-from .._errors import UsageError
-
-TYPE_CHECKING = False  # importing typing would slow down --version
-if TYPE_CHECKING:
-    from typing import Any
+from ._cli import Opt, fd_number, uint
 
 
 def _alpn(text: str) -> tuple[str, ...]:
@@ -24,89 +21,95 @@ def _version(text: str) -> str:
     return text
 
 
-COMMON = [
-    Opt("S", "close-notify", "close_notify", True),
-    Opt("s", "no-close-notify", "close_notify", False),
-    Opt("J", "enforce-close-notify", "enforce_close_notify", True),
-    Opt("j", "no-enforce-close-notify", "enforce_close_notify", False),
-    Opt("v", "verbosity", "verbosity", parse=uint),
-    Opt("K", "handshake-timeout", "handshake_timeout_ms", parse=uint),
-    Opt("", "alpn", "alpn", parse=_alpn),
-    Opt("", "ciphers", "ciphers", parse=str),
-    Opt("", "min-version", "min_version", parse=_version),
-    Opt("", "max-version", "max_version", parse=_version),
-]
+CLOSE = [
+    Opt("S", "close-notify", "close_notify", True, group="close",
+        help="on local EOF, send close_notify, then half-close TCP"),
+    Opt("s", "no-close-notify", "close_notify", False, group="close",
+        help="on local EOF, half-close TCP, keep reading (default)"),
+    Opt("J", "enforce-close-notify", "enforce_close_notify", True, group="enforce",
+        help="peer EOF without close_notify is fatal (exit 98)"),
+    Opt("j", "no-enforce-close-notify", "enforce_close_notify", False, group="enforce",
+        help="peer EOF without close_notify is a normal end (default)"),
+]  # fmt: skip
 
-CLIENT_TLS = COMMON + [
-    Opt("Y", "no-client-cert", "client_cert", 0),
-    Opt("y", "client-cert", "client_cert", 1),
-    Opt("k", "servername", "servername", parse=str),
-    Opt("", "no-verify-cert", "verify", False),
-]
+VERBOSITY = Opt("v", "verbosity", "verbosity", parse=uint, metavar="verbosity",
+                help="0 quiet, 1 default, 2 log handshake parameters")  # fmt: skip
 
-SERVER_TLS = COMMON + [
-    Opt("Y", "client-cert", "client_cert", 1),
-    Opt("y", "mandatory-client-cert", "client_cert", 2),
-    Opt("k", "sni-level", "sni_level", parse=uint),
-    Opt("", "sni", "sni_level", 1),
-    Opt("", "mandatory-sni", "sni_level", 2),
-]
+HANDSHAKE_TIMEOUT = Opt("K", "handshake-timeout", "handshake_timeout_ms", parse=uint,
+                        metavar="timeout",
+                        help="abort if the handshake takes longer, in ms (0 = never, default)")  # fmt: skip
 
-NOTIFY = [Opt("d", "notify-fd", "notify_fd", parse=fd_number)]
+BEYOND_C = [
+    Opt("", "ciphers", "ciphers", parse=str, metavar="LIST",
+        help="OpenSSL cipher list for TLS 1.2"),
+    Opt("", "min-version", "min_version", parse=_version, metavar="1.2|1.3",
+        help="lowest TLS version accepted (default 1.2)"),
+    Opt("", "max-version", "max_version", parse=_version, metavar="1.2|1.3",
+        help="highest TLS version offered/accepted (default 1.3)"),
+]  # fmt: skip
 
-KEEP_ENV_HELP = """\
-  -Z, --keep                    keep CADIR, CAFILE, CERTFILE, KEYFILE, ... in prog's env
-  -z, --no-keep                 remove them from prog's environment (default)
-"""
+CLIENT_CERT = [
+    Opt("Y", "no-client-cert", "client_cert", 0, group="cert",
+        help="send no client certificate (default)"),
+    Opt("y", "client-cert", "client_cert", 1, group="cert",
+        help="send the client certificate from CERTFILE/KEYFILE"),
+]  # fmt: skip
 
-NETWORK_FDS_HELP = """\
-  -6 FD                         read network data from FD (default 6)
-  -7 FD                         write network data to FD (default 7)
-"""
+SERVERNAME = Opt("k", "servername", "servername", parse=str, metavar="servername",
+                 help="send SNI servername and verify the server certificate against it")  # fmt: skip
 
-NETWORK_FDS = [
-    Opt("6", None, "network_read", parse=fd_number),
-    Opt("7", None, "network_write", parse=fd_number),
-]
+CLIENT_EXTRA = [
+    Opt("", "no-verify-cert", "verify", False,
+        help="do not verify the server certificate at all (insecure)"),
+    Opt("", "alpn", "alpn", parse=_alpn, metavar="LIST",
+        help="offer ALPN protocols (comma-separated)"),
+    *BEYOND_C,
+]  # fmt: skip
+
+SERVER_CERT = [
+    Opt("Y", "client-cert", "client_cert", 1, group="cert",
+        help="request an optional client certificate"),
+    Opt("y", "mandatory-client-cert", "client_cert", 2, group="cert",
+        help="require a client certificate"),
+]  # fmt: skip
+
+SNI_LEVEL = Opt("k", "sni-level", "sni_level", parse=uint, metavar="sni_level",
+                help="0: KEYFILE/CERTFILE only (default); 1: also KEYFILE:NAME/\n"
+                     "CERTFILE:NAME pairs; 2 and more: only those")  # fmt: skip
+
+SERVER_EXTRA = [
+    Opt("", "sni", "sni_level", 1, help="the same as -k 1"),
+    Opt("", "mandatory-sni", "sni_level", 2, help="the same as -k 2"),
+    Opt("", "alpn", "alpn", parse=_alpn, metavar="LIST",
+        help="ALPN protocols to accept, in preference order"),
+    *BEYOND_C,
+]  # fmt: skip
+
+#: The TLS options of the client side, without the verbosity (s6-tlsclient
+#: spells it with -q/-Q/-v flags instead).
+CLIENT_TLS_BASE = [*CLOSE, *CLIENT_CERT, HANDSHAKE_TIMEOUT, SERVERNAME, *CLIENT_EXTRA]
+SERVER_TLS_BASE = [*CLOSE, *SERVER_CERT, HANDSHAKE_TIMEOUT, SNI_LEVEL, *SERVER_EXTRA]
+CLIENT_TLS = [*CLOSE, *CLIENT_CERT, VERBOSITY, HANDSHAKE_TIMEOUT, SERVERNAME, *CLIENT_EXTRA]
+SERVER_TLS = [*CLOSE, *SERVER_CERT, VERBOSITY, HANDSHAKE_TIMEOUT, SNI_LEVEL, *SERVER_EXTRA]
+
+NOTIFY = [
+    Opt("d", "notify-fd", "notify_fd", parse=fd_number, metavar="notif",
+        help="write the SSL_* block to this fd after the handshake"),
+]  # fmt: skip
 
 KEEP_ENV = [
-    Opt("Z", "keep", "keep_env", True),
-    Opt("z", "no-keep", "keep_env", False),
-]
+    Opt("Z", "keep", "keep_env", True, group="keep",
+        help="keep CADIR, CAFILE, CERTFILE, KEYFILE, ... in prog's env"),
+    Opt("z", "no-keep", "keep_env", False, group="keep",
+        help="remove them from prog's environment (default)"),
+]  # fmt: skip
 
-CLIENT_TLS_HELP = """\
-  -S, --close-notify            on local EOF, send close_notify and stop
-  -s, --no-close-notify         on local EOF, half-close TCP, keep reading (default)
-  -J, --enforce-close-notify    peer EOF without close_notify is fatal (exit 98)
-  -j, --no-enforce-close-notify peer EOF without close_notify is a normal end (default)
-  -Y, --no-client-cert          send no client certificate (default)
-  -y, --client-cert             send the client certificate from CERTFILE/KEYFILE
-  -k, --servername NAME         send SNI NAME and verify the server certificate against it
-      --no-verify-cert          do not verify the server certificate at all (insecure)
-  -v, --verbosity N             0 quiet, 1 default, 2 log handshake parameters
-  -K, --handshake-timeout MS    abort if the handshake takes longer (0 = never, default)
-      --alpn LIST               offer ALPN protocols (comma-separated)
-      --ciphers LIST            OpenSSL cipher list for TLS 1.2
-      --min-version 1.2|1.3     lowest TLS version accepted (default 1.2)
-      --max-version 1.2|1.3     highest TLS version offered/accepted (default 1.3)
-"""
-
-SERVER_TLS_HELP = """\
-  -S, --close-notify            on local EOF, send close_notify and stop
-  -s, --no-close-notify         on local EOF, half-close TCP, keep reading (default)
-  -J, --enforce-close-notify    peer EOF without close_notify is fatal (exit 98)
-  -j, --no-enforce-close-notify peer EOF without close_notify is a normal end (default)
-  -Y, --client-cert             request an optional client certificate
-  -y, --mandatory-client-cert   require a client certificate
-  -k, --sni-level LEVEL         0: KEYFILE/CERTFILE only (default); 1 (--sni): also
-                                KEYFILE:NAME/CERTFILE:NAME; 2 (--mandatory-sni): only those
-  -v, --verbosity N             0 quiet, 1 default, 2 log handshake parameters
-  -K, --handshake-timeout MS    abort if the handshake takes longer (0 = never, default)
-      --alpn LIST               ALPN protocols to accept, in preference order
-      --ciphers LIST            OpenSSL cipher list for TLS 1.2
-      --min-version 1.2|1.3     lowest TLS version accepted (default 1.2)
-      --max-version 1.2|1.3     highest TLS version offered/accepted (default 1.3)
-"""
+NETWORK_FDS = [
+    Opt("6", None, "network_read", parse=fd_number, metavar="rfd",
+        help="read network data from rfd (default 6)"),
+    Opt("7", None, "network_write", parse=fd_number, metavar="wfd",
+        help="write network data to wfd (default 7)"),
+]  # fmt: skip
 
 ENV_HELP_CLIENT = """\
 Environment: CADIR (one trust anchor per file) or CAFILE (PEM bundle); with -y,
@@ -126,47 +129,3 @@ Exit codes: 0 normal end; 96 TLS configuration error; 97 TLS engine setup error;
 98 TLS error while running (handshake, timeout, -J ragged EOF); 100 wrong usage
 or bad environment; 111 system call failed.
 """
-
-
-def tls_option_values(values: dict[str, Any]) -> dict[str, Any]:
-    """The subset of parsed values that are :class:`TLSOptions` fields; a
-    usage error if they cannot work together (every handshake would fail)."""
-    lowest, highest = values.get("min_version", "1.2"), values.get("max_version", "1.3")
-    if lowest > highest:
-        raise UsageError(f"--min-version {lowest} is above --max-version {highest}")
-    fields = {
-        "close_notify",
-        "enforce_close_notify",
-        "client_cert",
-        "verbosity",
-        "handshake_timeout_ms",
-        "servername",
-        "sni_level",
-        "verify",
-        "alpn",
-        "ciphers",
-        "min_version",
-        "max_version",
-    }
-    return {k: v for k, v in values.items() if k in fields}
-
-
-def wrapper_arguments(parsed: Parsed, network: tuple[int, int]) -> dict[str, Any]:
-    """What the four wrappers (s6-tls[cd], s6-ucspitls[cd]) pass to the
-    library: the prog, the TLS options, the network fds (``-6``/``-7`` or
-    ``network``) and ``-Z``. Loads ssl: call once the command line is known
-    to be good."""
-    if not parsed.operands:
-        raise UsageError("no program to run")
-    from .._tlsconfig import TLSOptions
-
-    values = parsed.values
-    return {
-        "prog": parsed.operands,
-        "options": TLSOptions(**tls_option_values(values)),
-        "network": (
-            values.get("network_read", network[0]),
-            values.get("network_write", network[1]),
-        ),
-        "keep_tls": bool(values.get("keep_env", False)),
-    }

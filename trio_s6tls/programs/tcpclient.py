@@ -1,13 +1,18 @@
 """s6-tcpclient: connect to host:port, then exec prog with the socket on
-fds 6 (read) and 7 (write) and the UCSPI client variables."""
+fds 6 (read) and 7 (write) and the UCSPI client variables. Also the TCP
+option table and the steps that s6-tlsclient shares."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
-from .._cli import Opt, Parsed, Program, port_number
-from .._errors import UsageError
+from ._cli import Opt, Parsed, Program, port_number
+
+TYPE_CHECKING = False  # typing would slow down --version
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .._tcpclient import TcpClientOptions
 
 
 def _seconds(text: str) -> float:
@@ -31,85 +36,75 @@ def _ip_literal(text: str) -> str:
 
 
 TCP_OPTIONS = [
-    Opt("q", "quiet", "verbosity", 0),
-    Opt("Q", None, "verbosity", 1),
-    Opt("v", "verbose", "verbosity", 2),
-    Opt("4", "ipv4", "family", 4),
-    Opt("6", "ipv6", "family", 6),
-    Opt("d", None, "nodelay", False),
-    Opt("D", "nodelay", "nodelay", True),
-    Opt("r", None, "ident", True),
-    Opt("R", None, "ident", False),
-    Opt("h", None, "lookup_names", True),
-    Opt("H", "no-lookup", "lookup_names", False),
-    Opt("n", None, "paranoid", True),
-    Opt("N", None, "paranoid", False),
-    Opt("t", "timeout", "total_timeout", parse=_seconds),
-    Opt("T", "connect-timeouts", "rounds", parse=_rounds),
-    Opt("i", "local-ip", "local_ip", parse=_ip_literal),
-    Opt("p", "local-port", "local_port", parse=port_number),
-    Opt("l", "local-name", "local_name", parse=str),
-]
-
-TCP_USAGE = (
-    "[ -q | -Q | -v ] [ -4 | -6 ] [ -d | -D ] [ -r | -R ] [ -h ] [ -H ] [ -n | -N ] "
-    "[ -t timeout ] [ -T x+y ] [ -i localip ] [ -p localport ] [ -l localname ]"
-)
-
-TCP_HELP = """\
-  -q, -Q, -v                    quiet, normal (default), verbose
-  -4, -6                        IPv4 only, IPv6 only (default: every address)
-  -d, -D                        Nagle on (default), TCP_NODELAY
-  -r, -R                        IDENT lookup (unsupported), no IDENT lookup (default)
-  -h, -H                        look up host names (default), do not
-  -n, -N                        keep TCPREMOTEHOST only if it resolves back, always (default)
-  -t SECONDS                    give up connecting after SECONDS (0 = never, default)
-  -T X+Y                        per-address connect timeouts: X, then Y for the
-                                addresses that timed out (default 2+58)
-  -i LOCALIP, -p LOCALPORT      bind the local end of the connection
-  -l LOCALNAME                  TCPLOCALHOST=LOCALNAME, no local lookup
-"""
+    Opt("q", "quiet", "verbosity", 0, group="verbosity", help="quiet: no messages but fatal ones"),
+    Opt("Q", None, "verbosity", 1, group="verbosity", help="normal verbosity (default)"),
+    Opt("v", "verbose", "verbosity", 2, group="verbosity", help="verbose: log every connection attempt"),
+    Opt("4", "ipv4", "family", 4, group="family", help="IPv4 only (default: every address)"),
+    Opt("6", "ipv6", "family", 6, group="family", help="IPv6 only"),
+    Opt("d", None, "nodelay", False, group="nagle", help="keep Nagle's algorithm (default)"),
+    Opt("D", "nodelay", "nodelay", True, group="nagle", help="set TCP_NODELAY"),
+    Opt("r", None, "ident", True, group="ident", help="IDENT lookup (unsupported)"),
+    Opt("R", None, "ident", False, group="ident", help="no IDENT lookup (default)"),
+    Opt("h", None, "lookup_names", True, help="look up host names (default)"),
+    Opt("H", "no-lookup", "lookup_names", False, help="do not look up host names"),
+    Opt("n", None, "paranoid", True, group="paranoid",
+        help="keep TCPREMOTEHOST only if it resolves back"),
+    Opt("N", None, "paranoid", False, group="paranoid", help="keep it always (default)"),
+    Opt("t", "timeout", "total_timeout", parse=_seconds, metavar="timeout",
+        help="give up connecting after this many seconds (0 = never, default)"),
+    Opt("T", "connect-timeouts", "rounds", parse=_rounds, metavar="x+y",
+        help="per-address connect timeouts: x, then y for the\n"
+             "addresses that timed out (default 2+58)"),
+    Opt("i", "local-ip", "local_ip", parse=_ip_literal, metavar="localip",
+        help="bind the local end of the connection to this address"),
+    Opt("p", "local-port", "local_port", parse=port_number, metavar="localport",
+        help="bind the local end of the connection to this port"),
+    Opt("l", "local-name", "local_name", parse=str, metavar="localname",
+        help="TCPLOCALHOST=localname, no local lookup"),
+]  # fmt: skip
 
 PROGRAM = Program(
     "s6-tcpclient",
-    f"s6-tcpclient {TCP_USAGE} [ -- ] host port prog...",
-    "Connects to host:port (an IP address, or a name tried over all its\n"
+    TCP_OPTIONS,
+    operands="host port prog...",
+    summary="Connects to host:port (an IP address, or a name tried over all its\n"
     "addresses), then execs into prog with fd 6 reading from and fd 7 writing to\n"
     "the connection, and PROTO, TCPREMOTEIP, TCPREMOTEPORT, TCPLOCALIP,\n"
-    "TCPLOCALPORT, TCPREMOTEHOST, TCPLOCALHOST in its environment.\n\n"
-    + TCP_HELP
-    + "\nExit codes: 100 wrong usage; 111 system call failed (resolution, connection, exec).\n",
+    "TCPLOCALPORT, TCPREMOTEHOST, TCPLOCALHOST in its environment.",
+    epilog="Exit codes: 100 wrong usage; 111 system call failed (resolution, connection, exec).",
 )
-OPTIONS = TCP_OPTIONS
 
 
-def tcp_options(values: dict[str, Any]) -> Any:
-    """:class:`TcpClientOptions` from parsed values; refuses ``-r``."""
+def tcp_options(values: Mapping[str, Any]) -> TcpClientOptions:
+    """:class:`~trio_s6tls._tcpclient.TcpClientOptions` from parsed values;
+    refuses ``-r``."""
     import socket
 
+    from .._errors import UsageError
     from .._tcpclient import TcpClientOptions
 
     if values.get("ident"):
         raise UsageError("IDENT lookups (-r) are not supported; use -R")
-    family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(values.get("family", 0), socket.AF_UNSPEC)
-    fields = (
-        "nodelay",
-        "lookup_names",
-        "paranoid",
-        "local_name",
-        "total_timeout",
-        "rounds",
-        "local_ip",
-        "local_port",
-        "verbosity",
-    )
+    defaults = TcpClientOptions()
+    families = {4: socket.AF_INET, 6: socket.AF_INET6}
     return TcpClientOptions(
-        family=family, **{name: values[name] for name in fields if name in values}
+        family=families.get(values.get("family", 0), socket.AF_UNSPEC),
+        nodelay=values.get("nodelay", defaults.nodelay),
+        lookup_names=values.get("lookup_names", defaults.lookup_names),
+        paranoid=values.get("paranoid", defaults.paranoid),
+        local_name=values.get("local_name", defaults.local_name),
+        total_timeout=values.get("total_timeout", defaults.total_timeout),
+        rounds=values.get("rounds", defaults.rounds),
+        local_ip=values.get("local_ip", defaults.local_ip),
+        local_port=values.get("local_port", defaults.local_port),
+        verbosity=values.get("verbosity", defaults.verbosity),
     )
 
 
 def split_operands(operands: Sequence[str]) -> tuple[str, str, list[str]]:
     """host, port (numeric, 0 to 65535, as the C tools want it) and prog."""
+    from .._errors import UsageError
+
     if len(operands) < 3:
         raise UsageError("expected host, port and prog")
     host, port, *prog = operands
@@ -138,4 +133,4 @@ def run(parsed: Parsed) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return PROGRAM.main(argv, OPTIONS, run)
+    return PROGRAM.main(argv, run)

@@ -1,16 +1,20 @@
 """s6-tcpserver: a plain TCP super-server; each connection runs prog with the
-socket as stdin and stdout. Also the option table and the run function that
-s6-tlsserver shares (it adds the TLS options)."""
+socket as stdin and stdout. Also the TCP option table and the step from a
+parsed command line to a :class:`~trio_s6tls.programs._superserver.Launch`
+that s6-tlsserver shares (it adds the TLS options)."""
 
 from __future__ import annotations
 
-import ipaddress
-import os
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from .._cli import Opt, Parsed, Program, id_number, uint
-from .._errors import UsageError
+from ._cli import Opt, Parsed, Program, id_number, port_number, uint
+
+TYPE_CHECKING = False  # typing would slow down --version
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .._tlsconfig import TLSOptions
+    from ._superserver import Launch
 
 MAX_CONNECTIONS = 16384  # the C tool's cap on -c
 
@@ -22,61 +26,59 @@ def _gid_list(text: str) -> list[int]:
 
 
 TCP_SERVER = [
-    Opt("q", "quiet", "verbosity", 0),
-    Opt("Q", "normal", "verbosity", 1),
-    Opt("v", "verbose", "verbosity", 2),
-    Opt("", "verbosity", "verbosity", parse=uint),
-    Opt("1", "ready", "readiness", True),
-    Opt("c", "maxconn", "max_conn", parse=uint),
-    Opt("C", "localmaxconn", "max_per_ip", parse=uint),
-    Opt("b", "backlog", "backlog", parse=uint),
-    Opt("u", "uid", "uid", parse=id_number),
-    Opt("g", "gid", "gid", parse=id_number),
-    Opt("G", "gidlist", "groups", parse=_gid_list),
-    Opt("U", "uid-from-env", "ids_from_env", True),
-    Opt("w", "no-lookup-warning", "warn_lookup_failure", False),
-    Opt("W", "lookup-warning", "warn_lookup_failure", True),
-    Opt("d", "nagle", "nodelay", False),
-    Opt("D", "nodelay", "nodelay", True),
-    Opt("r", "ident", "ident", True),
-    Opt("R", "no-ident", "ident", False),
-    Opt("p", "paranoid", "paranoid", True),
-    Opt("P", "no-paranoid", "paranoid", False),
-    Opt("h", "lookup", "remote_lookup", True),
-    Opt("H", "no-lookup", "remote_lookup", False),
-    Opt("l", "localname", "local_name", parse=str),
-    Opt("B", "banner", "banner", parse=str),
-    Opt("t", "timeout", "access_timeout_ms", parse=uint),
-    Opt("i", "rules-dir", "rules_dir", parse=str),
-    Opt("x", "rules-file", "rules_file", parse=str),
-    Opt("L", "proxy-protocol", "proxy", True),
-    Opt("", "workers", "workers", parse=uint),
-]
-
-TCP_SERVER_HELP = """\
-  -q, -Q, -v                    verbosity 0 (quiet), 1 (default), 2 (verbose)
-      --verbosity N             any verbosity (3: debug)
-  -1, --ready                   print the bound port and a newline on stdout, then close it
-  -c, --maxconn N               at most N connections at once (default 40, cap 16384);
-                                new clients wait in the backlog meanwhile
-  -C, --localmaxconn N          at most N connections per client IP (default 40);
-                                one more is accepted and closed at once
-  -b, --backlog N               listen backlog
-  -u UID, -g GID, -G GID,GID... identity the server drops to once bound (prog inherits
-                                it; groups cleared unless -G); -U: from UID, GID, GIDLIST
-  -W / -w                       log failed name lookups at -v (default) / never
-  -d / -D                       keep Nagle's algorithm (default) / set TCP_NODELAY
-  -R / -r                       no IDENT lookup (default) / IDENT (unsupported)
-  -P / -p                       trust reverse names (default) / require them to resolve back
-  -h / -H                       look up TCPREMOTEHOST and TCPLOCALHOST (default) / do not
-  -l, --localname NAME          TCPLOCALHOST=NAME without a lookup
-  -B, --banner TEXT             send TEXT to each client before anything else
-  -t, --timeout MS              bound on name lookups and the PROXY header (0 = none)
-  -i, --rules-dir DIR           access rules directory (ip4/, ip6/ entries)
-  -x, --rules-file FILE         access rules CDB (unsupported: no maintained CDB reader)
-  -L, --proxy-protocol          read a PROXY v1/v2 header before anything else
-      --workers N               N processes sharing the port (limits are per process)
-"""
+    Opt("q", "quiet", "verbosity", 0, group="verbosity", help="verbosity 0: fatal errors only"),
+    Opt("Q", "normal", "verbosity", 1, group="verbosity", help="verbosity 1 (default)"),
+    Opt("v", "verbose", "verbosity", 2, group="verbosity",
+        help="verbosity 2: every connection, its end, handshake parameters"),
+    Opt("", "verbosity", "verbosity", parse=uint, metavar="N", help="any verbosity (3: debug)"),
+    Opt("1", "ready", "readiness", True,
+        help="print the bound port and a newline on stdout, then close it"),
+    Opt("c", "maxconn", "max_conn", parse=uint, metavar="maxconn",
+        help="at most maxconn connections at once (default 40, cap 16384);\n"
+             "new clients wait in the backlog meanwhile"),
+    Opt("C", "localmaxconn", "max_per_ip", parse=uint, metavar="localmaxconn",
+        help="at most this many connections per client IP (default 40);\n"
+             "one more is accepted and closed at once"),
+    Opt("b", "backlog", "backlog", parse=uint, metavar="backlog", help="listen backlog"),
+    Opt("G", "gidlist", "groups", parse=_gid_list, metavar="gidlist",
+        help="supplementary groups of the server and prog (comma-separated)"),
+    Opt("g", "gid", "gid", parse=id_number, metavar="gid",
+        help="gid the server drops to once bound (prog inherits it)"),
+    Opt("u", "uid", "uid", parse=id_number, metavar="uid",
+        help="uid the server drops to once bound (prog inherits it;\n"
+             "groups are cleared unless -G)"),
+    Opt("U", "uid-from-env", "ids_from_env", True, help="take uid, gid and groups from UID, GID, GIDLIST"),
+    Opt("W", "lookup-warning", "warn_lookup_failure", True, group="warn",
+        help="log failed name lookups at -v (default)"),
+    Opt("w", "no-lookup-warning", "warn_lookup_failure", False, group="warn",
+        help="never log them"),
+    Opt("d", "nagle", "nodelay", False, group="nagle", help="keep Nagle's algorithm (default)"),
+    Opt("D", "nodelay", "nodelay", True, group="nagle", help="set TCP_NODELAY"),
+    Opt("r", "ident", "ident", True, group="ident", help="IDENT lookups (unsupported)"),
+    Opt("R", "no-ident", "ident", False, group="ident", help="no IDENT lookups (default)"),
+    Opt("p", "paranoid", "paranoid", True, group="paranoid",
+        help="keep TCPREMOTEHOST only if it resolves back to the client"),
+    Opt("P", "no-paranoid", "paranoid", False, group="paranoid",
+        help="trust reverse names (default)"),
+    Opt("h", "lookup", "remote_lookup", True, group="lookup",
+        help="look up TCPREMOTEHOST and TCPLOCALHOST (default)"),
+    Opt("H", "no-lookup", "remote_lookup", False, group="lookup", help="do not"),
+    Opt("l", "localname", "local_name", parse=str, metavar="localname",
+        help="TCPLOCALHOST=localname without a lookup"),
+    Opt("B", "banner", "banner", parse=str, metavar="banner",
+        help="send banner to each client before anything else"),
+    Opt("t", "timeout", "access_timeout_ms", parse=uint, metavar="timeout",
+        help="bound in ms on the rules, name lookups and the PROXY header\n"
+             "(0 = none, default)"),
+    Opt("i", "rules-dir", "rules_dir", parse=str, metavar="rulesdir", group="rules",
+        help="access rules directory (ip4/, ip6/ entries)"),
+    Opt("x", "rules-file", "rules_file", parse=str, metavar="rulesfile", group="rules",
+        help="access rules CDB (unsupported: no maintained CDB reader)"),
+    Opt("L", "proxy-protocol", "proxy", True,
+        help="read a PROXY v1/v2 header before anything else"),
+    Opt("", "workers", "workers", parse=uint, metavar="N",
+        help="N processes sharing the port (limits are per process)"),
+]  # fmt: skip
 
 SIGNAL_HELP = """\
 Signals: SIGTERM stop accepting and exit; SIGINT (Ctrl-C) the same, a second
@@ -86,24 +88,20 @@ same, then exit; SIGABRT SIGKILL every prog, then exit.
 
 PROGRAM = Program(
     "s6-tcpserver",
-    "s6-tcpserver [ -q | -Q | -v ] [ -1 ] [ -c maxconn ] [ -C localmaxconn ] [ -b backlog ] "
-    "[ -G gidlist ] [ -g gid ] [ -u uid ] [ -U ] [ -W | -w ] [ -d | -D ] [ -r | -R ] "
-    "[ -p | -P ] [ -h | -H ] [ -l localname ] [ -B banner ] [ -t timeout ] "
-    "[ -i rulesdir | -x rulesfile ] [ -L ] [ --workers N ] [ -- ] ip port prog...",
-    "Listens on ip:port (port 0: any free port) and, for every connection, runs prog\n"
+    TCP_SERVER,
+    operands="ip port prog...",
+    summary="Listens on ip:port (port 0: any free port) and, for every connection, runs prog\n"
     "with the socket as stdin and stdout and the UCSPI variables PROTO, TCPLOCALIP,\n"
     "TCPLOCALPORT, TCPREMOTEIP, TCPREMOTEPORT, TCPCONNNUM, TCPREMOTEHOST,\n"
-    "TCPLOCALHOST in its environment.\n\n"
-    + TCP_SERVER_HELP
-    + "\n"
-    + SIGNAL_HELP
-    + "\nExit codes: 0 normal end; 100 wrong usage; 111 system call failed.\n",
+    "TCPLOCALHOST in its environment.",
+    epilog=SIGNAL_HELP + "\nExit codes: 0 normal end; 100 wrong usage; 111 system call failed.",
 )
-OPTIONS = TCP_SERVER
 
 
 def _ids_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     """``-U``: the identity in ``UID``, ``GID``, ``GIDLIST``."""
+    from .._errors import UsageError
+
     values: dict[str, Any] = {}
     try:
         if env.get("UID"):
@@ -117,23 +115,36 @@ def _ids_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def server_settings(parsed: Parsed, *, tls: bool) -> dict[str, Any]:
-    """Check the operands and TCP options; the keyword arguments of
-    :class:`~trio_s6tls._server.Launch` (minus the TLS parts)."""
-    from .._errors import EXIT_USAGE, Fatal
+def server_launch(
+    parsed: Parsed,
+    *,
+    name: str,
+    tls_options: TLSOptions | None = None,
+    keep_env: bool = False,
+    resumption: bool = False,
+) -> Launch:
+    """Check the operands and TCP options of a parsed command line, and say
+    what to launch (``tls_options``: s6-tlsserver's, None for plain TCP)."""
+    import os
+
+    from .._errors import EXIT_USAGE, Fatal, UsageError
+    from .._log import Log
+    from .._server import ServerConfig
+    from .._tlsconfig import TLSOptions
+    from ._superserver import Launch, Listen
 
     values = dict(parsed.values)
     if len(parsed.operands) < 3:
         raise UsageError("expected ip, port and prog")
     ip, port_text, *argv = parsed.operands
+    import ipaddress
+
     try:
         ipaddress.ip_address(ip)
     except ValueError:
         raise UsageError(f"not an IP address: {ip!r}") from None
     try:
-        port = uint(port_text)
-        if port > 65535:
-            raise ValueError(port_text)
+        port = port_number(port_text)
     except ValueError:
         raise UsageError(f"invalid port: {port_text!r}") from None
     if values.get("ident"):
@@ -155,37 +166,47 @@ def server_settings(parsed: Parsed, *, tls: bool) -> dict[str, Any]:
     workers = values.get("workers", 1)
     if workers < 1:
         raise UsageError("workers must be at least 1")
-    return {
-        "ip": ip,
-        "port": port,
-        "argv": argv,
-        "backlog": values.get("backlog"),  # None: the system maximum
-        "readiness": bool(values.get("readiness", False)),
-        "workers": workers,
-        "max_conn": max_conn,
-        "max_per_ip": max_per_ip,
-        "verbosity": values.get("verbosity", 1),
-        "uid": values.get("uid"),
-        "gid": values.get("gid"),
-        "groups": values.get("groups"),
-        "warn_lookup_failure": values.get("warn_lookup_failure", True),
-        "nodelay": values.get("nodelay", False),
-        "paranoid": values.get("paranoid", False),
-        "remote_lookup": values.get("remote_lookup", True),
-        "local_name": values.get("local_name"),
-        "banner": values.get("banner", "").encode("utf-8", "surrogateescape"),
-        "access_timeout_ms": values.get("access_timeout_ms", 0),
-        "rules_dir": values.get("rules_dir"),
-        "proxy": bool(values.get("proxy", False)),
-    }
+    verbosity = values.get("verbosity", 1)
+    groups = values.get("groups")
+    return Launch(
+        listen=Listen(
+            ip=ip,
+            port=port,
+            backlog=values.get("backlog"),
+            readiness=bool(values.get("readiness", False)),
+            workers=workers,
+        ),
+        server=ServerConfig(
+            argv=tuple(argv),
+            tls_options=tls_options or TLSOptions(verbosity=verbosity),
+            max_conn=max_conn,
+            max_per_ip=max_per_ip,
+            rules_dir=values.get("rules_dir"),
+            access_timeout_ms=values.get("access_timeout_ms", 0),
+            proxy=bool(values.get("proxy", False)),
+            banner=values.get("banner", "").encode("utf-8", "surrogateescape"),
+            remote_lookup=values.get("remote_lookup", True),
+            paranoid=values.get("paranoid", False),
+            local_name=values.get("local_name"),
+            warn_lookup_failure=values.get("warn_lookup_failure", True),
+            nodelay=values.get("nodelay", False),
+            keep_env=keep_env,
+            report_resumption=resumption,
+            log=Log(name, verbosity),
+        ),
+        tls=tls_options is not None,
+        resumption=resumption,
+        uid=values.get("uid"),
+        gid=values.get("gid"),
+        groups=None if groups is None else tuple(groups),
+    )
 
 
 def run(parsed: Parsed) -> int:
-    settings = server_settings(parsed, tls=False)
-    from .._server import launch_program
+    from ._superserver import launch
 
-    return launch_program(PROGRAM.name, settings)
+    return launch(server_launch(parsed, name=PROGRAM.name))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return PROGRAM.main(argv, OPTIONS, run)
+    return PROGRAM.main(argv, run)

@@ -3,42 +3,39 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-from .._cli import Parsed, Program, fd_operand
-from .._errors import UsageError
 from . import _options
+from ._cli import Parsed, Program, fd_operand
 
 PROGRAM = Program(
     "s6-tlsc-io",
-    "s6-tlsc-io [ -S | -s ] [ -J | -j ] [ -Y | -y ] [ -v verbosity ] [ -K timeout ] "
-    "[ -k servername ] [ -d notif ] [ --no-verify-cert ] [ -- ] fdr fdw",
-    "Client TLS engine: performs the handshake on the network fds fdr/fdw, writes the\n"
+    [*_options.CLIENT_TLS, *_options.NOTIFY],
+    operands="fdr fdw",
+    summary="Client TLS engine: performs the handshake on the network fds fdr/fdw, writes the\n"
     "handshake information to notif (-d) if given, then tunnels cleartext on\n"
-    "stdin/stdout through TLS until no more data can be transmitted.\n\n"
-    + _options.CLIENT_TLS_HELP
-    + "  -d, --notify-fd FD            write the SSL_* block to FD after the handshake\n\n"
-    + _options.ENV_HELP_CLIENT
-    + "\n"
-    + _options.EXIT_HELP,
+    "stdin/stdout through TLS until no more data can be transmitted.",
+    epilog=_options.ENV_HELP_CLIENT + "\n" + _options.EXIT_HELP,
 )
-OPTIONS = _options.CLIENT_TLS + _options.NOTIFY
 
 
 def run(parsed: Parsed) -> int:
+    from .._errors import UsageError
+
     if len(parsed.operands) != 2:
         raise UsageError("expected fdr and fdw")
     fdr, fdw = (fd_operand(text) for text in parsed.operands)
+    import os
+
     from .._iorun import FdPlan, run_io
     from .._log import Log
-    from .._tlsconfig import TLSOptions
+    from ._arguments import tls_options
 
-    options = TLSOptions(**_options.tls_option_values(parsed.values))
+    options = tls_options(parsed.values)
     plan = FdPlan(fdr, fdw, 0, 1, parsed.values.get("notify_fd"))
     log = Log(PROGRAM.name, options.verbosity)
     return run_io(plan, os.environ, options, server_side=False, log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return PROGRAM.main(argv, OPTIONS, run)
+    return PROGRAM.main(argv, run)

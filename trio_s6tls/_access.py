@@ -1,0 +1,151 @@
+"""The access step of a connection, before any TLS: the rules (``-i``),
+the PROXY header (``-L``), and the host names of both ends (``-h``/``-H``,
+``-p``, ``-l``) — for the super-servers, and the name lookups for the
+clients too.
+
+Theory of operation:
+
+* Everything here may wait on something slow that is not the client: a
+  file system (rules), the client itself (a PROXY header), DNS. So the
+  blocking parts run in threads with limiters of their own (slow DNS must
+  never hold up the reading of rules, nor the spawning of progs), and every
+  wait of a connection is bounded by ``-t`` (:attr:`Access.timeout_ms`,
+  0 = no bound). A thread that does not come back in time is abandoned:
+  it holds a thread, never the event loop nor another connection.
+* A refusal is a :class:`Refused` carrying the reason; it has been logged
+  already, and ends that connection only.
+* The PROXY header is read exactly: what follows it is the TLS
+  ClientHello, so :func:`~trio_s6tls._proxy.bytes_wanted` says how much may
+  be read at each step.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+
+import trio
+
+from . import _proxy, _rules
+from ._errors import describe_os_error
+from ._log import Log
+from ._ucspi import canonical_ip
+
+
+class Refused(Exception):
+    """The connection ends before prog, for the reason given (already logged)."""
+
+
+def reverse_name(ip: str, *, paranoid: bool = False) -> str | None:
+    """The name of ``ip`` (a reverse lookup), or None. ``paranoid``: only a
+    name that resolves back to ``ip``."""
+    try:
+        name, _ = socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)
+    except (OSError, UnicodeError):
+        return None
+    if paranoid and not resolves_to(name, ip):
+        return None
+    return name
+
+
+def resolves_to(name: str, ip: str) -> bool:
+    """Whether ``name`` has ``ip`` among its addresses."""
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    wanted = canonical_ip(ip)
+    return any(canonical_ip(str(info[4][0])) == wanted for info in infos)
+
+
+class Access:
+    """The access step of one server's connections (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        log: Log,
+        timeout_ms: int,
+        threads: int,
+        rules_dir: str | None = None,
+        remote_lookup: bool = True,
+        paranoid: bool = False,
+        local_name: str | None = None,
+        warn_lookup_failure: bool = True,
+    ) -> None:
+        self.log = log
+        self.timeout_ms = timeout_ms
+        self.rules_dir = rules_dir
+        self.remote_lookup = remote_lookup
+        self.paranoid = paranoid
+        self.local_name = local_name
+        self.warn_lookup_failure = warn_lookup_failure
+        self._lookup_threads = trio.CapacityLimiter(max(threads, 1))
+        self._rules_threads = trio.CapacityLimiter(max(threads, 1))
+
+    def bounded(self) -> trio.CancelScope:
+        """The ``-t`` bound (none if 0)."""
+        return trio.move_on_after(self.timeout_ms / 1000) if self.timeout_ms else trio.CancelScope()
+
+    async def rules(self, remote: tuple[str, int]) -> _rules.Decision:
+        """``-i``: allowed (with what ``allow`` adds), or :class:`Refused`."""
+        assert self.rules_dir is not None
+        with self.bounded():
+            decision = await trio.to_thread.run_sync(
+                _rules.lookup,
+                self.rules_dir,
+                remote[0],
+                limiter=self._rules_threads,
+                abandon_on_cancel=True,  # a stuck file system keeps the thread, not us
+            )
+            if not decision.allowed:
+                self.log.info(f"deny {remote[0]} port {remote[1]}", level=2)
+                raise Refused("denied by rules")
+            self.log.info(f"allow {remote[0]} port {remote[1]} by {decision.key}", level=2)
+            return decision
+        self.log.warn(f"rules lookup for {remote[0]} port {remote[1]} timed out")
+        raise Refused("rules lookup timed out")
+
+    async def proxy_header(
+        self, sock: trio.socket.SocketType, remote: tuple[str, int]
+    ) -> _proxy.ProxyHeader:
+        """``-L``: read exactly the header (the TLS ClientHello follows it)."""
+        buffer = b""
+        try:
+            with self.bounded():
+                while wanted := _proxy.bytes_wanted(buffer):
+                    chunk = await sock.recv(wanted)
+                    if not chunk:
+                        raise _proxy.ProxyError("connection closed inside the PROXY header")
+                    buffer += chunk
+                return _proxy.parse(buffer)
+            raise _proxy.ProxyError("timed out waiting for the PROXY header")
+        except (_proxy.ProxyError, OSError) as error:
+            detail = describe_os_error(error) if isinstance(error, OSError) else str(error)
+            self.log.warn(f"bad PROXY header from {remote[0]} port {remote[1]}: {detail}")
+            raise Refused("bad PROXY header") from None
+
+    async def names(
+        self, local: tuple[str, int], remote: tuple[str, int]
+    ) -> tuple[str | None, str | None]:
+        """``TCPREMOTEHOST`` and ``TCPLOCALHOST``: reverse lookups unless
+        ``-H``; ``-l`` names the local host; ``-p`` drops a remote name that
+        does not resolve back to the address."""
+        local_host = self.local_name
+        if not self.remote_lookup:
+            return None, local_host
+        remote_host: str | None = None
+        with self.bounded():
+            remote_host = await self._reverse_name(remote[0], paranoid=self.paranoid)
+            if local_host is None:
+                local_host = await self._reverse_name(local[0])
+        if remote_host is None and self.warn_lookup_failure:
+            self.log.info(f"no name for {remote[0]}", level=2)
+        return remote_host, local_host
+
+    async def _reverse_name(self, ip: str, *, paranoid: bool = False) -> str | None:
+        return await trio.to_thread.run_sync(
+            functools.partial(reverse_name, ip, paranoid=paranoid),
+            limiter=self._lookup_threads,
+            abandon_on_cancel=True,
+        )
