@@ -33,8 +33,9 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """The benchmarks of bench/, side by side with stunnel4 and socat
-    (``--install`` lets them apt-get install the peers)."""
-    session.install(".")
+    (``--install`` lets them apt-get install the peers). trustme, and the
+    cryptography it brings (bench/_pki.py), come with the testing extra."""
+    session.install(".[testing]")
     session.run("python", "bench/relay.py", "--self-test")
     for script in ("throughput.py", "latency.py", "client_latency.py", "chain.py", "server.py"):
         session.run("python", f"bench/{script}", *session.posargs)
