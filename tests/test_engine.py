@@ -1,5 +1,5 @@
 """The engine as a library, over trio memory streams (the memory-BIO
-transport): the close rules of SPEC.md, one test per rule where it can be
+transport): the close rules of docs/close-semantics.rst, one test per rule where it can be
 shown without processes.
 
 Rules: no network at all; every test bounded by fail_after.

@@ -1,5 +1,5 @@
 """s6-tlsc-io / s6-tlsd-io: SNI certificate choice, client certificates, and
-every error of SPEC.md's exit-code list — exit code and a single
+every error of the exit-code list — exit code and a single
 ``PROG: fatal:`` / ``PROG: usage:`` line, no traceback, no hang.
 
 Rules: loopback only, port 0, every wait bounded (TIMEOUT).

@@ -160,7 +160,7 @@ ENV_PROG = ["sh", "-c", "env; exec cat >/dev/null"]
 
 
 def test_environment_complete(pki: Pki) -> None:
-    """SPEC.md's lists: UCSPI server variables + SSL_*; TLS variables gone."""
+    """The documented lists: UCSPI server variables + SSL_*; TLS variables gone."""
     env = pki.env(TLS_UID="", SOMETHING="kept")
     with (
         server(
@@ -797,7 +797,7 @@ async def test_serve_reports_each_connection(pki: Pki) -> None:
 @pytest.mark.parametrize("chain", [False, True], ids=["s6-tlsclient", "s6-tcpclient+s6-tlsc"])
 def test_our_clients_against_us(pki: Pki, chain: bool) -> None:
     """Echo through s6-tlsclient (or s6-tcpclient ... s6-tlsc), both
-    environments as SPEC.md lists them."""
+    environments as the program page lists them."""
     server_prog = ["sh", "-c", 'env > "$OUT"; exec cat']
     client_prog = ["sh", "-c", "echo ping >&7; exec 7>&-; cat <&6; env"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 import trustme
 
-from trio_s6tls import _der, parse_identity
+from trio_s6tls import _der, apply_variables, is_tls_variable, parse_identity
 from trio_s6tls._errors import EXIT_CONFIG, EXIT_USAGE, Fatal, UsageError
-from trio_s6tls._handshake_info import apply_variables, decode_notification, encode_notification
+from trio_s6tls._handshake_info import decode_notification, encode_notification
 from trio_s6tls._tlsconfig import (
     SniTable,
     TLSOptions,
     client_context,
-    is_tls_variable,
     server_context,
     valid_sni_name,
 )

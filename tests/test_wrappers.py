@@ -778,7 +778,7 @@ def test_tlsc_started_with_stdin_and_stdout_closed(
 
 
 def test_program_environment_cleans_and_applies() -> None:
-    from trio_s6tls._exec import program_environment
+    from trio_s6tls import program_environment
 
     base = {
         "CAFILE": "a",

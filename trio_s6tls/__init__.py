@@ -29,12 +29,12 @@ _EXPORTS = {
     "server_context": "_tlsconfig",
     "parse_identity": "_identity",
     "drop_privileges": "_identity",
-    "is_tls_variable": "_tlsconfig",
+    "is_tls_variable": "_env",
     "SSL_VARIABLES": "_handshake_info",
     "handshake_variables": "_handshake_info",
     "encode_notification": "_handshake_info",
     "decode_notification": "_handshake_info",
-    "apply_variables": "_handshake_info",
+    "apply_variables": "_env",
     "FdPairStream": "_fdstreams",
     "fd_stream": "_fdstreams",
     "TLSTransport": "_engine",
@@ -47,7 +47,7 @@ _EXPORTS = {
     "UcspiTLSError": "_ucspitls",
     "ucspitls_then_exec": "_ucspitls",
     "handshake_then_exec": "_exec",
-    "program_environment": "_exec",
+    "program_environment": "_env",
     "install_fds": "_fds",
     "TcpClientOptions": "_tcpclient",
     "open_connection": "_tcpclient",
@@ -68,6 +68,9 @@ if TYPE_CHECKING:
     from ._engine import run_engine as run_engine
     from ._engine import tls_over as tls_over
     from ._engine import tunnel as tunnel
+    from ._env import apply_variables as apply_variables
+    from ._env import is_tls_variable as is_tls_variable
+    from ._env import program_environment as program_environment
     from ._errors import EXIT_CONFIG as EXIT_CONFIG
     from ._errors import EXIT_ENGINE as EXIT_ENGINE
     from ._errors import EXIT_OK as EXIT_OK
@@ -77,12 +80,10 @@ if TYPE_CHECKING:
     from ._errors import Fatal as Fatal
     from ._errors import UsageError as UsageError
     from ._exec import handshake_then_exec as handshake_then_exec
-    from ._exec import program_environment as program_environment
     from ._fds import install_fds as install_fds
     from ._fdstreams import FdPairStream as FdPairStream
     from ._fdstreams import fd_stream as fd_stream
     from ._handshake_info import SSL_VARIABLES as SSL_VARIABLES
-    from ._handshake_info import apply_variables as apply_variables
     from ._handshake_info import decode_notification as decode_notification
     from ._handshake_info import encode_notification as encode_notification
     from ._handshake_info import handshake_variables as handshake_variables
@@ -99,7 +100,6 @@ if TYPE_CHECKING:
     from ._tcpclient import open_connection as open_connection
     from ._tlsconfig import TLSOptions as TLSOptions
     from ._tlsconfig import client_context as client_context
-    from ._tlsconfig import is_tls_variable as is_tls_variable
     from ._tlsconfig import server_context as server_context
     from ._ucspitls import UcspiTLS as UcspiTLS
     from ._ucspitls import UcspiTLSError as UcspiTLSError

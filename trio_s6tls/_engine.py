@@ -54,8 +54,9 @@ from ._fdstreams import FdPairStream, same_object, stream_socket
 from ._handshake_info import Variables, describe_variables, handshake_variables
 from ._log import Log
 from ._memory_tls import MemoryTLS
-from ._records import RecordState
-from ._socket_tls import RECORD_SIZE, SocketTLS, write_failure
+from ._records import RECORD_SIZE, RecordState
+from ._socket_tls import SocketTLS
+from ._tls_errors import write_failure
 from ._tlsconfig import TLSOptions
 
 CHUNK = 256 * 1024  # large reads: few Python round trips per record
@@ -265,7 +266,7 @@ async def run_engine(
     log: Log | None = None,
     report_resumption: bool = False,
 ) -> int:
-    """Run one TLS tunnel to its end and return the exit status of SPEC.md:
+    """Run one TLS tunnel to its end and return the exit status (docs/programs/index.rst):
     :func:`establish`, then ``notify(variables)``, then :func:`tunnel`.
 
     Fatal errors are reported on ``log`` as one ``fatal:`` line. Both ``tls``

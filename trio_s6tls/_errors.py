@@ -1,7 +1,7 @@
 """Exit codes and the one exception type that carries them.
 
 Every expected failure in the package is a :class:`Fatal` with the exit code
-of SPEC.md; program entry points catch it once and print ``PROG: fatal: ...``.
+of docs/programs/index.rst; program entry points catch it once and print ``PROG: fatal: ...``.
 This module must stay import-light: programs load it before deciding whether
 they need trio or ssl at all.
 """

@@ -29,31 +29,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from ._env import program_environment
 from ._errors import EXIT_SYSTEM, Fatal
 from ._fds import check_open, close_fds, high_pipe, install_fds, null_fds, read_until_eof
 from ._spawn import exec_program, fork_child, wait_exit_code
 
 if TYPE_CHECKING:
     from ._tlsconfig import TLSOptions
-
-
-def program_environment(
-    base: Mapping[str, str],
-    *,
-    keep_tls: bool,
-    updates: Mapping[str, str | None] = {},
-) -> dict[str, str]:
-    """prog's environment: ``base`` without the TLS configuration variables
-    (unless ``keep_tls``, ``-Z``), then ``updates`` applied (``None`` unsets)."""
-    from ._tlsconfig import is_tls_variable
-
-    env = {name: value for name, value in base.items() if keep_tls or not is_tls_variable(name)}
-    for name, value in updates.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    return env
 
 
 def handshake_then_exec(

@@ -1,5 +1,5 @@
 """Handshake information: the ``SSL_*`` variables and the NUL-separated
-notification block of SPEC.md (``-d FD`` and UCSPI-TLS's ``Y``).
+notification block (``-d FD`` and UCSPI-TLS's ``Y``; docs/programs/index.rst).
 
 Block format: entries each followed by one NUL, then one extra NUL.
 ``NAME=VALUE`` sets a variable, a bare ``NAME`` unsets it. Pure functions
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 
 from . import _der
 
@@ -110,12 +110,3 @@ def decode_notification(block: bytes) -> Variables:
         name, eq, value = entry.decode().partition("=")
         variables[name] = value if eq else None
     return variables
-
-
-def apply_variables(env: MutableMapping[str, str], variables: Mapping[str, str | None]) -> None:
-    """Set or unset each variable in ``env``."""
-    for name, value in variables.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value

@@ -21,9 +21,9 @@ from typing import cast
 
 import trio
 
-from ._errors import EXIT_SYSTEM, Fatal, describe_os_error
-from ._records import attach
-from ._socket_tls import RECORD_SIZE, handshake_failure, read_failure
+from ._errors import Fatal
+from ._records import RECORD_SIZE, attach
+from ._tls_errors import handshake_failure, read_failure
 
 RECEIVE_CHUNK = 256 * 1024
 
@@ -67,8 +67,7 @@ class MemoryTLS:
             data = await self.transport.receive_some(RECEIVE_CHUNK)
         except trio.BrokenResourceError as error:
             cause = error.__cause__
-            detail = describe_os_error(cause) if isinstance(cause, OSError) else str(error)
-            raise Fatal(EXIT_SYSTEM, f"unable to read from network: {detail}") from None
+            raise read_failure(cause if isinstance(cause, OSError) else error) from None
         if data:
             self._incoming.write(data)
         else:

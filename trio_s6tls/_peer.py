@@ -323,7 +323,7 @@ async def open_tls_peer(
 
 def base_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """``os.environ`` without the TLS variables, plus ``env``."""
-    from ._tlsconfig import is_tls_variable
+    from ._env import is_tls_variable
 
     clean = {k: v for k, v in os.environ.items() if not is_tls_variable(k)}
     clean.update(env or {})

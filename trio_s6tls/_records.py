@@ -4,8 +4,9 @@ Theory of operation. With ``OP_IGNORE_UNEXPECTED_EOF`` set (which we need:
 without it a ragged EOF leaves OpenSSL unable to *send*, so a half-closing
 peer never gets its reply), OpenSSL reports a peer's close_notify, a TCP EOF
 at a record boundary and a TCP EOF in the middle of a record all the same
-way: a read of zero bytes. SPEC.md wants them told apart (close_notify: clean;
-boundary EOF: "ragged", fatal only with ``-J``; mid-record EOF: always fatal).
+way: a read of zero bytes. The close model (docs/close-semantics.rst) tells
+them apart (close_notify: clean; boundary EOF: "ragged", fatal only with
+``-J``; mid-record EOF: always fatal).
 
 OpenSSL's message callback sees every record header it reads and every
 non-application-data message after decryption (alerts included), for both
@@ -27,6 +28,8 @@ from __future__ import annotations
 import _ssl
 import ssl
 from typing import Any
+
+RECORD_SIZE = 16384 + 256  # one TLS record's worth of plaintext, with slack
 
 _HEADER = 256  # SSL3_RT_HEADER: a record header was read/written
 _ALERT = 21

@@ -1,6 +1,6 @@
 """The super-server as a library: one Trio task tree serves every connection.
 
-Theory of operation (DESIGN.md, "Process model"):
+Theory of operation (docs/design.rst, "Process model"):
 
 1. **Accept under the global limit.** Each accept loop takes a slot of a
    semaphore of ``max_conn`` *before* calling ``accept``: while every slot
@@ -59,15 +59,15 @@ import trio
 
 from ._access import Access, Refused
 from ._engine import establish, tls_over, tunnel
+from ._env import apply_variables, is_tls_variable
 from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, describe_os_error
 from ._fds import prog_pipes
 from ._fdstreams import FdPairStream
-from ._handshake_info import apply_variables, describe_variables
+from ._handshake_info import describe_variables
 from ._log import Log
 from ._spawn import ChildProcess, spawn_child
 from ._tlsconfig import (
     TLSOptions,
-    is_tls_variable,
 )
 from ._ucspi import canonical_ip, tcp_environment
 

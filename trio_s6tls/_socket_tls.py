@@ -3,7 +3,7 @@ readiness waits.
 
 OpenSSL reads and writes the kernel socket itself, so there are no memory-BIO
 copies and few Python round trips per record: about twice the throughput of
-``trio.SSLStream`` (DESIGN.md, "Performance"). Used when the network fd is a
+``trio.SSLStream`` (docs/design.rst, "Performance"). Used when the network fd is a
 stream socket. Same interface as :class:`~trio_s6tls._memory_tls.MemoryTLS`.
 
 Two tasks share the connection — one reads, one writes — which OpenSSL
@@ -21,55 +21,11 @@ import ssl
 
 import trio
 
-from ._errors import EXIT_SYSTEM, EXIT_TLS, Fatal, describe_os_error
-from ._records import attach
+from ._errors import Fatal
+from ._records import RECORD_SIZE, attach
+from ._tls_errors import handshake_failure, read_failure, reset_failure
 
-RECORD_SIZE = 16384 + 256  # one TLS record's worth of plaintext, with slack
 _TCP_CLOSE = 7  # Linux tcp_info.tcpi_state after a reset
-
-
-def describe_ssl_error(error: ssl.SSLError) -> str:
-    """OpenSSL's reason code in words: ``PEER_DID_NOT_RETURN_A_CERTIFICATE``
-    becomes ``peer did not return a certificate``."""
-    if error.reason:
-        return error.reason.replace("_", " ").lower()
-    return error.strerror or str(error)
-
-
-def handshake_failure(error: Exception) -> Fatal:
-    if isinstance(error, ssl.SSLError):
-        reason = describe_ssl_error(error)
-        if isinstance(error, ssl.SSLCertVerificationError):
-            reason = f"certificate verification failed: {error.verify_message}"
-        elif isinstance(error, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
-            reason = "peer closed the connection during the handshake"
-        return Fatal(EXIT_TLS, f"unable to complete TLS handshake: {reason}")
-    if isinstance(error, OSError):
-        return Fatal(EXIT_TLS, f"unable to complete TLS handshake: {describe_os_error(error)}")
-    return Fatal(EXIT_TLS, f"unable to complete TLS handshake: {error}")
-
-
-def read_failure(error: Exception) -> Fatal:
-    if isinstance(error, ssl.SSLError):
-        return Fatal(EXIT_TLS, f"TLS error reading from network: {describe_ssl_error(error)}")
-    if isinstance(error, OSError):
-        return Fatal(EXIT_SYSTEM, f"unable to read from network: {describe_os_error(error)}")
-    return Fatal(EXIT_SYSTEM, f"unable to read from network: {error}")
-
-
-def write_failure(error: BaseException | None) -> Fatal:
-    """The network refused our data: the connection is dead (111)."""
-    if isinstance(error, ssl.SSLError):
-        detail = describe_ssl_error(error)
-    elif isinstance(error, OSError):
-        detail = describe_os_error(error)
-    else:
-        detail = str(error) or "connection closed"
-    return Fatal(EXIT_SYSTEM, f"unable to write to network: {detail}")
-
-
-def reset_failure() -> Fatal:
-    return Fatal(EXIT_SYSTEM, "unable to read from network: connection reset by peer")
 
 
 class SocketTLS:

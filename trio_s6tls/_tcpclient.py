@@ -16,7 +16,7 @@ event loop and before any fork, in a process with one thread:
    keeps a remote name only if it resolves back to the address).
 
 Blocking calls here are deliberate: trio's ``getaddrinfo`` runs in a worker
-thread, and a live thread at fork time is a trap (STYLE.md).
+thread, and a live thread at fork time is a trap (docs/design.rst, "Process model").
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ AddressInfo = tuple[int, str, tuple[str, int] | tuple[str, int, int, int]]
 
 @dataclass(frozen=True)
 class TcpClientOptions:
-    """The TCP options of SPEC.md ("s6-tlsclient")."""
+    """The TCP options of s6-tcpclient and s6-tlsclient."""
 
     family: int = socket.AF_UNSPEC  # -4 / -6
     nodelay: bool = False  # -D

@@ -1,5 +1,5 @@
 """TLS settings: an environment mapping and options → a configured
-``ssl.SSLContext``, or a :class:`Fatal` carrying SPEC.md's exit code.
+``ssl.SSLContext``, or a :class:`Fatal` carrying the exit code it means.
 
 Sans-IO apart from reading the files the environment names. Everything is
 checked here, before any network I/O: a bad trust anchor, an unreadable key
@@ -32,7 +32,7 @@ _VERSIONS = {
 
 @dataclass(frozen=True)
 class TLSOptions:
-    """The TLS options of SPEC.md, shared by engines and wrappers.
+    """The TLS options (docs/programs/index.rst), shared by engines and wrappers.
 
     ``client_cert`` is, for a client, 0 (``-Y``) or 1 (``-y``: send one); for
     a server, 0 (none), 1 (``-Y``: request one) or 2 (``-y``: require one).
@@ -349,11 +349,3 @@ def context_from_environment(
     identity = parse_identity(env)
     context = server_context(env, options) if server_side else client_context(env, options)
     return context, identity
-
-
-TLS_VARIABLES = ("CADIR", "CAFILE", "CERTFILE", "KEYFILE", "TLS_UID", "TLS_GID")
-
-
-def is_tls_variable(name: str) -> bool:
-    """The variables s6-tlsc/s6-tlsd and friends remove unless ``-Z``."""
-    return name in TLS_VARIABLES or name.startswith(("CERTFILE:", "KEYFILE:"))

@@ -35,8 +35,8 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from ._env import program_environment
 from ._errors import EXIT_USAGE, Fatal
-from ._exec import program_environment
 from ._fds import check_open, close_fds, high_pipe, high_socketpair, null_fds
 from ._spawn import exec_program, fork_child
 

@@ -120,7 +120,7 @@ def run(parsed: Parsed) -> int:
     options = tcp_options(parsed.values)
     import os
 
-    from .._exec import program_environment
+    from .._env import program_environment
     from .._fds import install_fds
     from .._log import Log
     from .._spawn import exec_program
