@@ -272,6 +272,52 @@ async def test_wrappers_are_conforming_half_closeable_streams() -> None:
         await trio.testing.check_half_closeable_stream(faulty, None)
 
 
+async def peer_pair(
+    pki: LoopbackPKI,
+    transports: tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream],
+    version: str,
+    *,
+    tickets: bool = True,
+) -> tuple[TLSPeerStream, TLSPeerStream]:
+    """A client and a server TLSPeerStream over ``transports``, handshake done."""
+    server_context = peer_server_context(pki, tls_version=version)
+    if not tickets:
+        server_context.num_tickets = 0
+    client = TLSPeerStream(
+        transports[0],
+        peer_client_context(pki.ca_file, tls_version=version),
+        server_side=False,
+        server_hostname="localhost",
+    )
+    server = TLSPeerStream(transports[1], server_context, server_side=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.start_tls)
+        nursery.start_soon(server.start_tls)
+    return client, server
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+async def test_peer_stream_is_a_conforming_half_closeable_stream(
+    pki: LoopbackPKI, version: str
+) -> None:
+    """TLSPeerStream with TLS on, through trio's checker, as trio's own
+    test_ssl.py runs SSLStream: memory streams, and lockstep ("clogged")
+    streams whose sends wait for the other side to read. The handshakes are
+    done up front (as trio's test does), and the clogged server sends no
+    TLS 1.3 session ticket: its handshake would wait for a client that has
+    finished its own and reads no more. Real time: the checker's senders
+    never wait on a memory stream, so a virtual clock would never move."""
+
+    async def memory() -> tuple[TLSPeerStream, TLSPeerStream]:
+        return await peer_pair(pki, trio.testing.memory_stream_pair(), version)
+
+    async def clogged() -> tuple[TLSPeerStream, TLSPeerStream]:
+        return await peer_pair(pki, trio.testing.lockstep_stream_pair(), version, tickets=False)
+
+    with trio.fail_after(WAIT * 3):
+        await trio.testing.check_half_closeable_stream(memory, clogged)
+
+
 def test_faults_reject_nonsense() -> None:
     with pytest.raises(ValueError):
         Faults(split=0)

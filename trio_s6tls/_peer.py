@@ -16,6 +16,7 @@ peer needs. The immediate-TLS helpers simply call it at once.
 
 from __future__ import annotations
 
+import operator
 import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -145,12 +146,22 @@ class TLSPeerStream(trio.abc.HalfCloseableStream):
             self.transcript.record("sent", bytes(data))
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self.transport.wait_send_all_might_not_block()
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        with self._sending:  # it is a send-side call: one at a time with the others
+            await self.transport.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._closed:
             raise trio.ClosedResourceError("stream is closed")
-        size = max_bytes or _RECEIVE_SIZE
+        # As trio.SSLStream: None means "a good size", anything else must be
+        # a positive integer (0 would otherwise wait for data it cannot return).
+        if max_bytes is None:
+            size = _RECEIVE_SIZE
+        else:
+            size = operator.index(max_bytes)
+            if size < 1:
+                raise ValueError("max_bytes must be >= 1")
         with self._receiving:
             if self._tls is None:
                 data = bytes(await self.transport.receive_some(size))
@@ -193,6 +204,7 @@ class TLSPeerStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         if self._closed:
+            await trio.lowlevel.checkpoint()  # a second close is a checkpoint too
             return
         self._closed = True
         try:
