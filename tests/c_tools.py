@@ -1,4 +1,5 @@
-"""The C s6-networking tools and certificates they accept, for the interoperability tests.
+"""The C s6-networking tools and certificates they accept, for the interoperability
+tests (their fixtures, ``c_tools`` and ``c_pki``, are in conftest.py).
 
 The C tools are skarnet's s6-networking 2.8.0.1 on BearSSL, built by
 ``interop/build-c-s6.sh PREFIX``. They are looked for in ``$TRIO_S6TLS_C_TOOLS``
@@ -86,11 +87,6 @@ def require_c_tools() -> Tools:
             pytest.fail(f"CI=true and {detail}", pytrace=False)
         pytest.skip(detail)
     return Tools("c", directory)
-
-
-@pytest.fixture(scope="session")
-def c_tools() -> Tools:
-    return require_c_tools()
 
 
 # --- PKI -------------------------------------------------------------------------------
@@ -277,8 +273,3 @@ def make_pki(directory: Path) -> CPki:
     )
     _, _, other_ca = _make_ca(directory, "other-ca", "some other CA")
     return CPki(directory, ca_path, server, client, other_ca)
-
-
-@pytest.fixture(scope="session")
-def c_pki(tmp_path_factory: pytest.TempPathFactory) -> CPki:
-    return make_pki(tmp_path_factory.mktemp("c-pki"))

@@ -1,141 +1,61 @@
-"""Shared fixtures and helpers.
+"""The fixtures every test module may use; the helpers are in support.py.
 
 Rules for every test module: loopback only (127.0.0.1 / ::1), port 0, a
-bound on every wait, no sleep standing in for a condition. End-to-end tests
-run the installed console scripts (next to ``sys.executable``).
+bound on every wait, which waits on the event itself (never a sleep and a
+check). End-to-end tests run the installed console scripts (next to
+``sys.executable``). Whatever a fixture opens, it closes in ``finally``:
+a failing test must not leave a socket or a process behind to turn the
+next one red (a ResourceWarning is an error here).
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import os
 import socket
-import ssl
-import subprocess
-import sys
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 import trustme
+from c_tools import CPki, Tools, make_pki, require_c_tools
+from support import ClientCert, Network, issue_client_cert, reap_spawned
 
-BIN = Path(sys.executable).parent
-
-_spawned: list[subprocess.Popen[bytes]] = []
+from trio_s6tls.testing import LoopbackPKI
 
 
 @pytest.fixture(autouse=True)
 def _no_process_outlives_its_test() -> Iterator[None]:
     """A failing test must not leave its programs (and their pipes) behind
     to turn the next test red with a ResourceWarning."""
-    yield
-    while _spawned:
-        proc = _spawned.pop()
-        if proc.poll() is None:
-            proc.kill()
-        try:
-            proc.communicate(timeout=10)
-        except (subprocess.TimeoutExpired, ValueError):
-            pass
+    try:
+        yield
+    finally:
+        reap_spawned()
 
 
-def program(name: str) -> str:
-    """Path of an installed console script; fails loudly if missing."""
-    path = BIN / name
-    assert path.exists(), f"{name} is not installed next to {sys.executable}"
-    return str(path)
-
-
-def spawn(
-    argv: list[str],
-    fds: Mapping[int, int],
-    env: Mapping[str, str] | None = None,
-    **kwargs: object,
-) -> subprocess.Popen[bytes]:
-    """Start ``argv`` with ``fds`` mapping child fd → our fd (e.g. ``{0: sock,
-    1: sock, 6: pipe}``). Our other fds are close-on-exec (PEP 446), so the
-    child gets exactly these plus stderr."""
-    mapping = dict(fds)
-
-    def arrange() -> None:
-        # Park every source above the targets first, so that a source number
-        # that is also a target is not clobbered by an earlier dup2.
-        parked = {target: fcntl.fcntl(src, fcntl.F_DUPFD, 300) for target, src in mapping.items()}
-        for target, temporary in parked.items():
-            os.dup2(temporary, target)
-        for temporary in parked.values():
-            os.close(temporary)
-
-    argv = [
-        program(argv[0]) if "/" not in argv[0] and (BIN / argv[0]).exists() else argv[0],
-        *argv[1:],
-    ]
-    proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
-        argv,
-        preexec_fn=arrange,
-        close_fds=False,
-        env=dict(os.environ if env is None else env),
-        stderr=kwargs.pop("stderr", subprocess.PIPE),
-        **kwargs,
-    )
-    _spawned.append(proc)
-    return proc
-
-
-@dataclass(frozen=True)
-class Pki:
-    """Certificates on disk for the programs' environment variables."""
-
-    dir: Path
-    ca: trustme.CA
-    ca_file: Path  # PEM of the CA
-    server_pem: Path  # chain + key for localhost, 127.0.0.1, ::1
-    client_pem: Path  # chain + key, a client certificate from the same CA
-    client_der: bytes  # the client's end-entity certificate
-
-    @property
-    def client_cert_env(self) -> dict[str, str]:
-        """CERTFILE/KEYFILE for a client that sends its certificate (-y)."""
-        return {"CERTFILE": str(self.client_pem), "KEYFILE": str(self.client_pem)}
-
-    @property
-    def server_env(self) -> dict[str, str]:
-        return {"CERTFILE": str(self.server_pem), "KEYFILE": str(self.server_pem)}
-
-    @property
-    def client_env(self) -> dict[str, str]:
-        return {"CAFILE": str(self.ca_file)}
-
-    def env(self, **extra: str) -> dict[str, str]:
-        """The current environment plus server and client TLS variables."""
-        base = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("CADIR", "CAFILE", "CERTFILE", "KEYFILE", "TLS_UID", "TLS_GID")
-        }
-        return {**base, **self.server_env, **self.client_env, **extra}
+@pytest.fixture
+def resources() -> Iterator[contextlib.ExitStack]:
+    """``resources.enter_context(sock)``: closed when the test ends, even when
+    it fails (the traceback would otherwise keep the socket alive into the
+    next test, where its ResourceWarning would fail that one)."""
+    with contextlib.ExitStack() as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("pki")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> LoopbackPKI:
+    """A CA, a server certificate for localhost, 127.0.0.1 and ::1, and a
+    client certificate, on disk (see :class:`trio_s6tls.testing.LoopbackPKI`)."""
     ca = trustme.CA(organization_name="trio_s6tls tests")
-    ca_file = directory / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    server = ca.issue_cert("localhost", "127.0.0.1", "::1", common_name="localhost")
-    server_pem = directory / "server.pem"
-    server.private_key_and_cert_chain_pem.write_to_path(str(server_pem))
-    client = ca.issue_cert(
-        "client.example",
-        common_name="test client",
-        organization_name="Clients, Inc.",
-        organization_unit_name="QA",
-    )
-    client_pem = directory / "client.pem"
-    client.private_key_and_cert_chain_pem.write_to_path(str(client_pem))
-    client_der = ssl.PEM_cert_to_DER_cert(client.cert_chain_pems[0].bytes().decode())
-    return Pki(directory, ca, ca_file, server_pem, client_pem, client_der)
+    return LoopbackPKI(ca, tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def client_cert(pki: LoopbackPKI, tmp_path_factory: pytest.TempPathFactory) -> ClientCert:
+    """A client certificate from ``pki.ca`` with a subject the tests spell
+    out: ``O=Clients, Inc., OU=QA, CN=test client``."""
+    path = tmp_path_factory.mktemp("client-cert") / "client.pem"
+    return issue_client_cert(pki.ca, path, "test client", organization="Clients, Inc.", unit="QA")
 
 
 @pytest.fixture
@@ -143,16 +63,16 @@ def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     """A connected loopback TCP pair (client side, server side)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname()[:2])
-        server, _ = listener.accept()
+        try:
+            server, _ = listener.accept()
+        except BaseException:
+            client.close()
+            raise
     try:
         yield client, server
     finally:
         client.close()
         server.close()
-
-
-#: (client read, client write), (server read, server write)
-Network = tuple[tuple[int, int], tuple[int, int]]
 
 
 @pytest.fixture(params=["tcp", "pipes"])
@@ -176,3 +96,18 @@ def listener() -> Iterator[socket.socket]:
     with socket.create_server(("127.0.0.1", 0)) as sock:
         sock.settimeout(30)
         yield sock
+
+
+# -- the C tools (tests/c_tools.py) -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def c_tools() -> Tools:
+    """skarnet's C s6-networking: skips without them (fails under CI=true)."""
+    return require_c_tools()
+
+
+@pytest.fixture(scope="session")
+def c_pki(tmp_path_factory: pytest.TempPathFactory) -> CPki:
+    """Certificates that BearSSL and OpenSSL both accept."""
+    return make_pki(tmp_path_factory.mktemp("c-pki"))

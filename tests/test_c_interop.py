@@ -42,14 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from c_tools import (  # noqa: F401  (c_pki and c_tools are fixtures)
-    CPki,
-    Tools,
-    c_pki,
-    c_tools,
-    clean_environ,
-    ours,
-)
+from c_tools import CPki, Tools, clean_environ, ours
 
 #: Bound on one exchange, handshake to the last exit.
 DEADLINE = 20.0
@@ -614,8 +607,8 @@ def test_close_matrix(
     scenario: str,
     client_flags: tuple[str, str],
     server_flags: tuple[str, str],
-    c_tools: Tools,  # noqa: F811
-    c_pki: CPki,  # noqa: F811
+    c_tools: Tools,
+    c_pki: CPki,
     close_table: Table,
 ) -> None:
     tools = {"c": c_tools, "ours": ours()}
@@ -663,8 +656,8 @@ def test_engines_exchange(
     pair: tuple[str, str],
     up: int,
     down: int,
-    c_tools: Tools,  # noqa: F811
-    c_pki: CPki,  # noqa: F811
+    c_tools: Tools,
+    c_pki: CPki,
 ) -> None:
     """s6-tlsc-io and s6-tlsd-io, one ours and one C, both directions at once."""
     tools = {"c": c_tools, "ours": ours()}
@@ -858,8 +851,8 @@ def test_tlsclient_tlsserver(
     client_cert: bool,
     up: int,
     down: int,
-    c_tools: Tools,  # noqa: F811
-    c_pki: CPki,  # noqa: F811
+    c_tools: Tools,
+    c_pki: CPki,
 ) -> None:
     """s6-tlsclient against s6-tlsserver, one ours and one C."""
     tools = {"c": c_tools, "ours": ours()}
@@ -913,8 +906,8 @@ def chain_name(tcp: str, tls: str) -> str:
 def test_tcp_chains(
     server_chain: tuple[str, str],
     client_chain: tuple[str, str],
-    c_tools: Tools,  # noqa: F811
-    c_pki: CPki,  # noqa: F811
+    c_tools: Tools,
+    c_pki: CPki,
 ) -> None:
     """``s6-tcpserver … s6-tlsd -Y prog`` against ``s6-tcpclient … s6-tlsc -y -k localhost prog``,
     the TLS halves from different implementations, and the TCP halves mixed in too."""
@@ -991,7 +984,7 @@ ERROR_CASES = {
 
 
 @pytest.mark.parametrize("case", ERROR_CASES)
-def test_error_exit_codes(case: str, c_tools: Tools, c_pki: CPki) -> None:  # noqa: F811
+def test_error_exit_codes(case: str, c_tools: Tools, c_pki: CPki) -> None:
     """A failing handshake or configuration: both exit codes equal the C↔C
     ones, and no application gets a byte. (Whether an application's first
     write fits in the pipe before its engine dies is timing, not compared.)"""
@@ -1070,7 +1063,7 @@ def lonely_engine(
 
 
 @pytest.mark.parametrize("side", ["client", "server"])
-def test_handshake_timeout(side: str, c_tools: Tools, c_pki: CPki) -> None:  # noqa: F811
+def test_handshake_timeout(side: str, c_tools: Tools, c_pki: CPki) -> None:
     """-K 300 against a silent peer: the same exit code, after about the same time."""
     c_code, c_time = lonely_engine(c_tools, side, ("-K", "300"), c_pki)
     our_code, our_time = lonely_engine(ours(), side, ("-K", "300"), c_pki)

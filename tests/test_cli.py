@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import program
+from support import (
+    program,
+)
 
 from trio_s6tls.programs import PROGRAMS
 

@@ -33,11 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Pki, program
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from support import (
+    program,
+    tls_env,
+)
 
 from trio_s6tls.programs import PROGRAMS
+from trio_s6tls.testing import LoopbackPKI
 
 TIMEOUT = 20
 ONE_LINE = re.compile(r"^(?P<prog>[\w.-]+): (?P<kind>usage|fatal): \S")
@@ -96,9 +100,9 @@ USAGE_ERRORS = [
 
 
 @pytest.mark.parametrize("argv", USAGE_ERRORS, ids=lambda argv: " ".join(argv)[:60])
-def test_bad_command_lines_are_usage_errors(pki: Pki, argv: list[str]) -> None:
+def test_bad_command_lines_are_usage_errors(pki: LoopbackPKI, argv: list[str]) -> None:
     """Usage errors come first: even with a complete TLS environment."""
-    result = run(argv, pki.env())
+    result = run(argv, tls_env(pki))
     assert "Traceback" not in result.stderr
     assert result.returncode == 100, result.stderr
     one_line(result.stderr, argv[0])
@@ -130,7 +134,7 @@ def test_tlsclient_against_a_closed_port_reports_the_configuration(tmp_path: Pat
         assert needle in one_line(result.stderr, "s6-tlsclient")
 
 
-def test_empty_files_in_cadir_are_skipped(pki: Pki, tmp_path: Path) -> None:
+def test_empty_files_in_cadir_are_skipped(pki: LoopbackPKI, tmp_path: Path) -> None:
     from trio_s6tls._tlsconfig import TLSOptions, client_context
 
     (tmp_path / "0-empty").write_bytes(b"")
@@ -140,14 +144,14 @@ def test_empty_files_in_cadir_are_skipped(pki: Pki, tmp_path: Path) -> None:
     assert context.cert_store_stats()["x509"] == 1
 
 
-def test_sni_level_above_two_means_mandatory_as_in_c(pki: Pki) -> None:
+def test_sni_level_above_two_means_mandatory_as_in_c(pki: LoopbackPKI) -> None:
     """C's s6-tlsd-io takes any level; 2 and above mean --mandatory-sni."""
     with open(os.devnull, "rb") as local_read, open(os.devnull, "wb") as local_write:
         fds = (local_read.fileno(), local_write.fileno())
         results = [
             subprocess.run(
                 [program("s6-tlsd-io"), "-k", level, *map(str, fds)],
-                env=pki.env(),
+                env=tls_env(pki),
                 capture_output=True,
                 text=True,
                 timeout=TIMEOUT,
@@ -347,15 +351,15 @@ def _check_outcome(name: str, status: object, out: str, err: str, argv: list[str
         assert status in (96, 100, 111), (argv, status, line)
 
 
-def _tls_env(pki: Pki) -> dict[str, str]:
+def _tls_env(pki: LoopbackPKI) -> dict[str, str]:
     return tls_free_env(
-        CERTFILE=str(pki.server_pem), KEYFILE=str(pki.server_pem), CAFILE=str(pki.ca_file)
+        CERTFILE=str(pki.server_file), KEYFILE=str(pki.server_file), CAFILE=str(pki.ca_file)
     )
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_random_command_lines_in_process(
-    name: str, pki: Pki, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    name: str, pki: LoopbackPKI, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Never a traceback: help (0), a one-line rejection (usage → 100), or
     the program reaches its real work (stopped there by a stub)."""

@@ -17,12 +17,15 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import Pki
+from support import (
+    tls_env,
+)
 
 from trio_s6tls import TLSOptions, _openssl, client_context, run_engine, server_context, tls_over
 from trio_s6tls._engine import LINGER_SECONDS
 from trio_s6tls._log import Log
 from trio_s6tls._memory_tls import MemoryTLS
+from trio_s6tls.testing import LoopbackPKI
 
 
 class CutAfter(trio.abc.HalfCloseableStream):
@@ -77,7 +80,7 @@ def network_pair(transport: str) -> tuple[object, object]:
 
 
 async def run_pair(
-    pki: Pki,
+    pki: LoopbackPKI,
     client_options: TLSOptions,
     server_options: TLSOptions,
     script: object,
@@ -95,7 +98,7 @@ async def run_pair(
     if cut_client_to_server is not None:
         server_net = CutAfter(server_net, cut_client_to_server)  # type: ignore[assignment]
     client, server = Side(client_app), Side(server_app)
-    env = pki.env()
+    env = tls_env(pki)
 
     async def engine(
         side: Side,
@@ -144,7 +147,9 @@ async def request_reply(
     assert await read_all(client.app) == reply
 
 
-async def test_half_close_reply_still_arrives_and_both_exit_0(pki: Pki, transport: str) -> None:
+async def test_half_close_reply_still_arrives_and_both_exit_0(
+    pki: LoopbackPKI, transport: str
+) -> None:
     client, server = await run_pair(
         pki, TLSOptions(servername="localhost"), TLSOptions(), request_reply, transport=transport
     )
@@ -153,7 +158,7 @@ async def test_half_close_reply_still_arrives_and_both_exit_0(pki: Pki, transpor
     assert server.variables[0]["SSL_TLS_SNI_SERVERNAME"] == "localhost"
 
 
-async def test_ragged_eof_is_fatal_only_with_enforce(pki: Pki, transport: str) -> None:
+async def test_ragged_eof_is_fatal_only_with_enforce(pki: LoopbackPKI, transport: str) -> None:
     # -s on the client is a half-close without close_notify: ragged for -J
     _client, server = await run_pair(
         pki, TLSOptions(), TLSOptions(enforce_close_notify=True), send_then_eof, transport=transport
@@ -181,7 +186,7 @@ async def send_then_eof(client: Side, server: Side) -> None:
     await read_all(client.app)
 
 
-async def test_close_notify_satisfies_enforce(pki: Pki, transport: str) -> None:
+async def test_close_notify_satisfies_enforce(pki: LoopbackPKI, transport: str) -> None:
     client, server = await run_pair(
         pki,
         TLSOptions(close_notify=True),
@@ -192,7 +197,7 @@ async def test_close_notify_satisfies_enforce(pki: Pki, transport: str) -> None:
     assert client.status == server.status == [0]
 
 
-async def test_eof_inside_a_record_is_always_fatal(pki: Pki) -> None:
+async def test_eof_inside_a_record_is_always_fatal(pki: LoopbackPKI) -> None:
     async def big_send(client: Side, server: Side) -> None:
         await client.app.send_all(b"x" * 100000)
         await client.app.send_eof()
@@ -209,18 +214,18 @@ async def test_eof_inside_a_record_is_always_fatal(pki: Pki) -> None:
     assert "in the middle of a TLS record" in server.messages.getvalue()
 
 
-async def test_handshake_timeout(pki: Pki) -> None:
+async def test_handshake_timeout(pki: LoopbackPKI) -> None:
     _client_net, server_net = trio.testing.memory_stream_pair()
     _server_app, server_local = trio.testing.memory_stream_pair()
     options = TLSOptions(handshake_timeout_ms=200)
-    tls = tls_over(server_net, server_context(pki.env(), options), server_side=True)
+    tls = tls_over(server_net, server_context(tls_env(pki), options), server_side=True)
     with trio.fail_after(5):
         status = await run_engine(tls, server_local, options, server_side=True, log=Log("test", 0))
     assert status == 98
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
-async def test_protocol_versions(pki: Pki, transport: str, version: str) -> None:
+async def test_protocol_versions(pki: LoopbackPKI, transport: str, version: str) -> None:
     client, server = await run_pair(
         pki, TLSOptions(max_version=version), TLSOptions(), request_reply, transport=transport
     )
@@ -228,12 +233,14 @@ async def test_protocol_versions(pki: Pki, transport: str, version: str) -> None
     assert client.status == server.status == [0]
 
 
-def test_default_context_refuses_old_protocols(pki: Pki) -> None:
-    context = server_context(pki.env(), TLSOptions())
+def test_default_context_refuses_old_protocols(pki: LoopbackPKI) -> None:
+    context = server_context(tls_env(pki), TLSOptions())
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
 
 
-async def test_local_reader_gone_drains_for_a_bounded_time(pki: Pki, transport: str) -> None:
+async def test_local_reader_gone_drains_for_a_bounded_time(
+    pki: LoopbackPKI, transport: str
+) -> None:
     """Rule 4: with nobody reading locally, network data is drained (no RST
     from unread bytes) but not forever: LINGER_SECONDS after our side ends."""
     started: list[float] = []
@@ -258,7 +265,7 @@ async def test_local_reader_gone_drains_for_a_bounded_time(pki: Pki, transport: 
 # -- the close model per version (docs/close-semantics.rst) ---------------------
 
 
-async def test_tls13_close_notify_closes_one_direction(pki: Pki, transport: str) -> None:
+async def test_tls13_close_notify_closes_one_direction(pki: LoopbackPKI, transport: str) -> None:
     """-S under TLS 1.3: the client's close_notify ends its direction only;
     the server's reply, written after it, still reaches the client, and
     ends with the server's close_notify (-J on the client is satisfied)."""
@@ -273,7 +280,7 @@ async def test_tls13_close_notify_closes_one_direction(pki: Pki, transport: str)
     assert client.status == server.status == [0]
 
 
-async def test_tls12_close_notify_ends_both_directions(pki: Pki, transport: str) -> None:
+async def test_tls12_close_notify_ends_both_directions(pki: LoopbackPKI, transport: str) -> None:
     """-S under TLS 1.2: the server answers the close_notify with its own
     and stops; its application's later writes fail instead of vanishing."""
 
@@ -297,14 +304,16 @@ async def test_tls12_close_notify_ends_both_directions(pki: Pki, transport: str)
     assert client.status == server.status == [0]  # -J on both: every end was a close_notify
 
 
-async def test_network_write_failure_ends_the_engine_at_once(pki: Pki, transport: str) -> None:
+async def test_network_write_failure_ends_the_engine_at_once(
+    pki: LoopbackPKI, transport: str
+) -> None:
     """The peer disappears while the server's application writes and reads
     nothing: the server engine must end (111), not sit forever delivering
     to an application that waits for it."""
     client_net, server_net = network_pair(transport)
     server_app, server_local = trio.testing.lockstep_stream_pair()
     messages = io.StringIO()
-    env = pki.env()
+    env = tls_env(pki)
     with trio.fail_after(10):
         client = tls_over(client_net, client_context(env, TLSOptions()), server_side=False)  # type: ignore[arg-type]
         server = tls_over(server_net, server_context(env, TLSOptions()), server_side=True)  # type: ignore[arg-type]
@@ -335,13 +344,13 @@ async def test_network_write_failure_ends_the_engine_at_once(pki: Pki, transport
 
 
 async def test_close_notify_without_ctypes_keeps_tls13_data(
-    pki: Pki, monkeypatch: pytest.MonkeyPatch
+    pki: LoopbackPKI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where the one-call SSL_shutdown is not available, the memory-BIO
     transport sends close_notify through unwrap() without losing the peer's
     data that already sits in its incoming BIO."""
     monkeypatch.setattr(_openssl, "send_close_notify_once", lambda connection: False)
-    env = pki.env()
+    env = tls_env(pki)
     client_net, server_net = trio.testing.memory_stream_pair()
     client = MemoryTLS(client_net, client_context(env, TLSOptions()), server_side=False)
     server = MemoryTLS(server_net, server_context(env, TLSOptions()), server_side=True)
@@ -358,10 +367,10 @@ async def test_close_notify_without_ctypes_keeps_tls13_data(
     assert bytes(buffer[:count]) == b"already here"
 
 
-def test_one_call_shutdown_is_available_here(pki: Pki) -> None:
+def test_one_call_shutdown_is_available_here(pki: LoopbackPKI) -> None:
     """The ctypes path of _openssl must work on the interpreter CI uses:
     a changed layout would otherwise silently fall back."""
-    context = client_context(pki.env(), TLSOptions())
+    context = client_context(tls_env(pki), TLSOptions())
     first, second = socket.socketpair()
     with first, second:
         connection = context.wrap_socket(first, do_handshake_on_connect=False)

@@ -8,7 +8,7 @@ subprocesses, over loopback TCP and over pipes):
    close_notify, which is answered;
 3. a client that stops reading cannot wedge a connection.
 
-The peer is Python's ``ssl`` over memory BIOs (tests/tls_peer.py), which can
+The peer is Python's ``ssl`` over memory BIOs (``support.BioPeer``), which can
 read after sending close_notify and say how our side's stream ended.
 
 Rules: loopback only, port 0; every wait bounded; no sleeps.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import select
 import signal
 import socket
@@ -26,45 +25,39 @@ import subprocess
 import time
 
 import pytest
-from conftest import Network, Pki, program
-from engine_util import TIMEOUT, Engine, Sink, one_line, openssl_port, start_client, start_server
-from tls_peer import CORRUPT_RECORD, BioPeer, client_context, server_context
+from support import (
+    CORRUPT_RECORD,
+    TIMEOUT,
+    BioPeer,
+    Engine,
+    Network,
+    Sink,
+    one_line,
+    openssl_port,
+    program,
+    python_client_context,
+    python_server_context,
+    read_exactly,
+    read_to_eof,
+    running_server,
+    start_client,
+    start_server,
+    tls_env,
+)
+
+from trio_s6tls.testing import LoopbackPKI
 
 VERSIONS = ["1.2", "1.3"]
 
 
-def read_exactly(fd: int, count: int) -> bytes:
-    """``count`` bytes from ``fd`` (an application's pipe), bounded."""
-    data = b""
-    while len(data) < count:
-        readable, _, _ = select.select([fd], [], [], TIMEOUT)
-        assert readable, f"only {len(data)} of {count} bytes arrived"
-        chunk = os.read(fd, count - len(data))
-        assert chunk, f"EOF after {len(data)} of {count} bytes"
-        data += chunk
-    return data
-
-
-def read_to_eof(fd: int) -> bytes:
-    chunks = []
-    while True:
-        readable, _, _ = select.select([fd], [], [], TIMEOUT)
-        assert readable, "no EOF"
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            os.close(fd)
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-def serve(pki: Pki, network: Network, args: list[str]) -> tuple[BioPeer, Engine]:
+def serve(pki: LoopbackPKI, network: Network, args: list[str]) -> tuple[BioPeer, Engine]:
     """s6-tlsd-io with ``args`` on the server side of ``network``, and a
     handshaken peer on the client side."""
     (client_read, client_write), (server_read, server_write) = network
-    engine = start_server(args, server_read, server_write, pki.env())
+    engine = start_server(args, server_read, server_write, tls_env(pki))
     for fd in {server_read, server_write}:
         os.close(fd)
-    peer = BioPeer(client_read, client_write, client_context(str(pki.ca_file)))
+    peer = BioPeer(client_read, client_write, python_client_context(pki.ca_file))
     peer.handshake()
     return peer, engine
 
@@ -74,7 +67,7 @@ def serve(pki: Pki, network: Network, args: list[str]) -> tuple[BioPeer, Engine]
 
 @pytest.mark.parametrize("count", [1, 1000, 65536, 1_000_000])
 def test_data_before_a_corrupt_record_reaches_the_application(
-    pki: Pki, network: Network, count: int
+    pki: LoopbackPKI, network: Network, count: int
 ) -> None:
     peer, engine = serve(pki, network, [])
     got = Sink(engine.from_app)
@@ -86,66 +79,32 @@ def test_data_before_a_corrupt_record_reaches_the_application(
     assert "TLS error reading from network" in one_line(err, "s6-tlsd-io")
 
 
-def start_tlsserver(
-    pki: Pki, args: list[str], env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[bytes], int]:
-    server = subprocess.Popen(
-        [program("s6-tlsserver"), "-1", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env or pki.env(),
-    )
-    assert server.stdout is not None
-    readable, _, _ = select.select([server.stdout], [], [], TIMEOUT)
-    assert readable, "s6-tlsserver did not get ready"
-    return server, int(server.stdout.readline())
-
-
-def lines_until(stream: object, pattern: bytes, limit: float = TIMEOUT) -> list[bytes]:
-    """Lines of a child's pipe up to and including the first matching
-    ``pattern`` (a regex), bounded."""
-    fd = stream.fileno()  # type: ignore[attr-defined]
-    buffer, lines = b"", []
-    while True:
-        while b"\n" in buffer:
-            line, _, buffer = buffer.partition(b"\n")
-            lines.append(line)
-            if re.search(pattern, line):
-                return lines
-        readable, _, _ = select.select([fd], [], [], limit)
-        assert readable, f"no line matching {pattern!r}; got {lines!r}"
-        chunk = os.read(fd, 4096)
-        assert chunk, f"EOF before a line matching {pattern!r}; got {lines!r}"
-        buffer += chunk
-
-
 @pytest.mark.parametrize("count", [1, 1000, 65536, 1_000_000])
-def test_data_before_a_corrupt_record_reaches_prog_under_tlsserver(pki: Pki, count: int) -> None:
+def test_data_before_a_corrupt_record_reaches_prog_under_tlsserver(
+    pki: LoopbackPKI, count: int
+) -> None:
     # prog counts what it got on stdin and says so on stderr (the server's)
-    server, port = start_tlsserver(pki, ["127.0.0.1", "0", "sh", "-c", "echo got $(wc -c) >&2"])
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
-            peer = BioPeer(sock.fileno(), sock.fileno(), client_context(str(pki.ca_file)))
+    argv = ["s6-tlsserver", "127.0.0.1", "0", "sh", "-c", "echo got $(wc -c) >&2"]
+    with running_server(argv, tls_env(pki)) as srv:
+        assert srv.log is not None
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT) as sock:
+            peer = BioPeer(sock.fileno(), sock.fileno(), python_client_context(pki.ca_file))
             peer.handshake()
             peer.send_raw(peer.encrypt(os.urandom(count)) + CORRUPT_RECORD)
-            lines = lines_until(server.stderr, rb"^got \d+$")
+            lines = srv.log.lines_until(rb"^got \d+$")
         assert lines[-1] == f"got {count}".encode()
         # logged before prog's stdin is closed, so before prog's line
         assert any(
             b"warning: " in line and b"TLS error reading from network" in line for line in lines
         )
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=TIMEOUT)
-    assert server.returncode == 0
+        assert srv.stop() == 0
 
 
 # -- 2. the close model --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_peer_data_after_our_close_notify(pki: Pki, network: Network, version: str) -> None:
+def test_peer_data_after_our_close_notify(pki: LoopbackPKI, network: Network, version: str) -> None:
     """-S: our close_notify ends our direction. TLS 1.3: the peer's later
     data still reaches the application. TLS 1.2: it is discarded."""
     peer, engine = serve(pki, network, ["-S", "--max-version", version])
@@ -163,7 +122,7 @@ def test_peer_data_after_our_close_notify(pki: Pki, network: Network, version: s
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_peer_close_notify_first(pki: Pki, network: Network, version: str) -> None:
+def test_peer_close_notify_first(pki: LoopbackPKI, network: Network, version: str) -> None:
     """The peer sends its request and close_notify (default -s here).
     TLS 1.3: EOF for the application, whose reply still goes out, ended by
     our close_notify (the peer spoke TLS closure). TLS 1.2: answered at
@@ -190,7 +149,9 @@ def test_peer_close_notify_first(pki: Pki, network: Network, version: str) -> No
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize(("flag", "status"), [("-j", 0), ("-J", 98)])
-def test_peer_bare_fin(pki: Pki, network: Network, version: str, flag: str, status: int) -> None:
+def test_peer_bare_fin(
+    pki: LoopbackPKI, network: Network, version: str, flag: str, status: int
+) -> None:
     """A bare FIN after the request: the request is delivered either way;
     -J makes the missing close_notify fatal, -j lets the reply go out."""
     peer, engine = serve(pki, network, [flag, "--max-version", version])
@@ -213,7 +174,7 @@ def test_peer_bare_fin(pki: Pki, network: Network, version: str, flag: str, stat
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_client_engine_answers_the_servers_close_notify(
-    pki: Pki, network: Network, version: str
+    pki: LoopbackPKI, network: Network, version: str
 ) -> None:
     """s6-tlsc-io against a server that speaks first and closes with
     close_notify: the banner is delivered; under TLS 1.3 the client's reply
@@ -221,11 +182,11 @@ def test_client_engine_answers_the_servers_close_notify(
     once."""
     (client_read, client_write), (server_read, server_write) = network
     engine = start_client(
-        ["-k", "localhost", "--max-version", version], client_read, client_write, pki.env()
+        ["-k", "localhost", "--max-version", version], client_read, client_write, tls_env(pki)
     )
     for fd in {client_read, client_write}:
         os.close(fd)
-    context = server_context(str(pki.server_pem))
+    context = python_server_context(pki.server_file)
     peer = BioPeer(server_read, server_write, context, server_side=True)
     peer.handshake()
     peer.send(b"banner")
@@ -273,8 +234,8 @@ def leave(sock: socket.socket, how: str) -> None:
     sock.close()  # unread echo queued: the kernel resets anyway
 
 
-def echo_once(pki: Pki, port: int, limit: float) -> None:
-    context = client_context(str(pki.ca_file))
+def echo_once(pki: LoopbackPKI, port: int, limit: float) -> None:
+    context = python_client_context(pki.ca_file)
     with (
         socket.create_connection(("127.0.0.1", port), timeout=limit) as raw,
         context.wrap_socket(raw, server_hostname="localhost") as tls,
@@ -283,82 +244,46 @@ def echo_once(pki: Pki, port: int, limit: float) -> None:
         assert tls.recv(5) == b"ping\n"
 
 
-def test_clients_that_stop_reading_free_their_slots(pki: Pki) -> None:
+def test_clients_that_stop_reading_free_their_slots(pki: LoopbackPKI) -> None:
     """Three clients send 1 MB to cat behind -c 3 and leave without reading
     the echo: their slots come back, a fourth client is served, SIGTERM
     completes."""
-    server, port = start_tlsserver(pki, ["-c", "3", "127.0.0.1", "0", "cat"])
-    try:
+    with running_server(["s6-tlsserver", "-c", "3", "127.0.0.1", "0", "cat"], tls_env(pki)) as srv:
         for how in ("close", "reset", "close"):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-            peer = BioPeer(sock.fileno(), sock.fileno(), client_context(str(pki.ca_file)))
+            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+            peer = BioPeer(sock.fileno(), sock.fileno(), python_client_context(pki.ca_file))
             peer.handshake()
             push_without_reading(sock, peer, 1_000_000)
             leave(sock, how)
         started = time.monotonic()
-        echo_once(pki, port, limit=5)
+        echo_once(pki, srv.port, limit=5)
         assert time.monotonic() - started < 5
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=5)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate(timeout=TIMEOUT)
-    assert server.returncode == 0
+        assert srv.stop(signal.SIGTERM, timeout=5) == 0
 
 
-def test_chain_leaves_no_engine_or_prog_behind(pki: Pki) -> None:
-    """s6-tcpserver … s6-tlsd cat, a client that sends until the pipeline is full (8 MB or so) and leaves: the
-    engine child and cat end by themselves. They hold the server's stderr,
-    so its EOF after the server's own exit says that nobody is left."""
-    server = subprocess.Popen(
-        [program("s6-tcpserver"), "-1", "127.0.0.1", "0", program("s6-tlsd"), "cat"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=pki.env(),
-    )
-    try:
-        assert server.stdout is not None
-        readable, _, _ = select.select([server.stdout], [], [], TIMEOUT)
-        assert readable, "s6-tcpserver did not get ready"
-        port = int(server.stdout.readline())
-        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        peer = BioPeer(sock.fileno(), sock.fileno(), client_context(str(pki.ca_file)))
+def test_chain_leaves_no_engine_or_prog_behind(pki: LoopbackPKI) -> None:
+    """s6-tcpserver … s6-tlsd cat, a client that sends until the pipeline is
+    full (8 MB or so) and leaves: the engine child and cat end by
+    themselves. They hold the server's stderr, so its EOF after the
+    server's own exit says that nobody is left."""
+    argv = ["s6-tcpserver", "127.0.0.1", "0", program("s6-tlsd"), "cat"]
+    with running_server(argv, tls_env(pki)) as srv:
+        assert srv.log is not None
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+        peer = BioPeer(sock.fileno(), sock.fileno(), python_client_context(pki.ca_file))
         peer.handshake()
         sent = push_without_reading(sock, peer, 32_000_000)
         assert sent < 32_000_000, "the pipeline never filled up"
         leave(sock, "close")
-        server.send_signal(signal.SIGTERM)  # s6-tcpserver leaves its children be
-        server.wait(timeout=TIMEOUT)
-        assert server.stderr is not None
-        readable, _, _ = select.select([server.stderr], [], [], 10)
-        assert readable and drain(server.stderr.fileno(), 10) == b"", (
-            "an engine or prog still holds the server's stderr"
-        )
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.communicate(timeout=TIMEOUT)
-
-
-def drain(fd: int, limit: float) -> bytes:
-    """Read ``fd`` until EOF within ``limit`` seconds; what is left unread
-    past the limit (b"" means EOF came in time)."""
-    deadline = time.monotonic() + limit
-    while True:
-        readable, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
-        if not readable:
-            return b"(no EOF)"
-        if not os.read(fd, 65536):
-            return b""
+        assert srv.stop(signal.SIGTERM) == 0  # s6-tcpserver leaves its children be
+        assert srv.log.wait_eof(10), "an engine or prog still holds the server's stderr"
 
 
 # -- 2b. the close model against OpenSSL's own tools ----------------------------------
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_our_close_notify_against_openssl_s_server(pki: Pki, version: str) -> None:
+def test_our_close_notify_against_openssl_s_server(pki: LoopbackPKI, version: str) -> None:
     """s6-tlsc-io -S -J sends a line and closes with close_notify;
     ``s_server -rev`` answers the line, then its own close_notify.
     TLS 1.3: the answer, sent after our close_notify, is delivered. TLS 1.2:
@@ -367,7 +292,7 @@ def test_our_close_notify_against_openssl_s_server(pki: Pki, version: str) -> No
     Either way the end is clean: s_server's close_notify passes -J."""
     s_server = subprocess.Popen(
         ["openssl", "s_server", "-rev", "-naccept", "1", "-accept", "127.0.0.1:0"]
-        + ["-cert", str(pki.server_pem), f"-tls{version.replace('.', '_')}"],
+        + ["-cert", str(pki.server_file), f"-tls{version.replace('.', '_')}"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -376,7 +301,7 @@ def test_our_close_notify_against_openssl_s_server(pki: Pki, version: str) -> No
         port = openssl_port(s_server)
         sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         client = start_client(
-            ["-S", "-J", "-k", "localhost"], sock.fileno(), sock.fileno(), pki.env()
+            ["-S", "-J", "-k", "localhost"], sock.fileno(), sock.fileno(), tls_env(pki)
         )
         sock.close()
         os.write(client.to_app, b"hello s_server\n")
@@ -393,7 +318,7 @@ def test_our_close_notify_against_openssl_s_server(pki: Pki, version: str) -> No
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_openssl_s_client_close_notify(pki: Pki, version: str) -> None:
+def test_openssl_s_client_close_notify(pki: LoopbackPKI, version: str) -> None:
     """``s_client`` sends a line and, at the end of its input, its
     close_notify, then closes (it does not wait for ours). s6-tlsd-io -J
     delivers the line, then EOF, and takes the close_notify as a clean end.
@@ -410,7 +335,7 @@ def test_openssl_s_client_close_notify(pki: Pki, version: str) -> None:
         )
         listener.settimeout(TIMEOUT)
         accepted, _ = listener.accept()
-    server = start_server(["-J"], accepted.fileno(), accepted.fileno(), pki.env())
+    server = start_server(["-J"], accepted.fileno(), accepted.fileno(), tls_env(pki))
     accepted.close()
     try:
         assert s_client.stdin is not None

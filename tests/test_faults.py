@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-import trustme
 
 from trio_s6tls.testing import (
     Faults,
@@ -41,11 +40,6 @@ from trio_s6tls.testing import (
 )
 
 WAIT = 10.0
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> LoopbackPKI:
-    return LoopbackPKI(trustme.CA(), tmp_path_factory.mktemp("faults_pki"))
 
 
 @dataclass

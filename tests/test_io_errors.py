@@ -7,6 +7,7 @@ Rules: loopback only, port 0, every wait bounded (TIMEOUT).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -18,34 +19,31 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Pki, spawn
-from engine_util import (
+from support import (
     TIMEOUT,
+    ClientCert,
     Sink,
     connect_and_serve,
     one_line,
-    read_all,
+    read_to_eof,
     serve_one,
-    wait_for,
+    spawn,
+    tls_env,
 )
 
 from trio_s6tls import decode_notification
+from trio_s6tls.testing import LoopbackPKI
 
 # -- SNI -------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def sni_env(pki: Pki) -> dict[str, str]:
-    env = pki.env()
-    for name in ("exact.example.org", "*.example.com"):
-        path = pki.dir / f"sni-{name.replace('*', 'star')}.pem"
-        pki.ca.issue_cert(name).private_key_and_cert_chain_pem.write_to_path(str(path))
-        env[f"CERTFILE:{name}"] = env[f"KEYFILE:{name}"] = str(path)
-    return env
+def sni_env(pki: LoopbackPKI) -> dict[str, str]:
+    return {**tls_env(pki), **pki.sni_env("exact.example.org", "*.example.com")}
 
 
 def served_names(
-    pki: Pki, listener: socket.socket, args: list[str], env: dict[str, str], servername: str
+    pki: LoopbackPKI, listener: socket.socket, args: list[str], env: dict[str, str], servername: str
 ) -> tuple[list[str] | None, int]:
     """The DNS names of the certificate the server presented for
     ``servername`` (None if the handshake failed), and its exit code."""
@@ -88,7 +86,7 @@ def served_names(
     ],
 )
 def test_sni_levels(
-    pki: Pki,
+    pki: LoopbackPKI,
     listener: socket.socket,
     sni_env: dict[str, str],
     level: str,
@@ -105,7 +103,7 @@ def test_sni_levels(
 
 
 def test_mandatory_client_cert_refuses_a_client_without_one(
-    pki: Pki, listener: socket.socket
+    pki: LoopbackPKI, listener: socket.socket
 ) -> None:
     port = listener.getsockname()[1]
     failures: list[Exception] = []
@@ -123,7 +121,7 @@ def test_mandatory_client_cert_refuses_a_client_without_one(
 
     thread = threading.Thread(target=client)
     thread.start()
-    engine = serve_one(listener, ["-y"], pki.env())
+    engine = serve_one(listener, ["-y"], tls_env(pki))
     thread.join(TIMEOUT)
     code, err = engine.finish()
     assert code == 98
@@ -131,18 +129,26 @@ def test_mandatory_client_cert_refuses_a_client_without_one(
     assert failures  # the client saw the refusal
 
 
-def test_mandatory_client_cert_with_one(pki: Pki, listener: socket.socket) -> None:
+def test_mandatory_client_cert_with_one(
+    pki: LoopbackPKI,
+    client_cert: ClientCert,
+    listener: socket.socket,
+    resources: contextlib.ExitStack,
+) -> None:
     notify_r, notify_w = os.pipe()
     sock, engine = connect_and_serve(
-        pki, listener, ["-y", "-d", "5"], extra={5: notify_w}, cert=True
+        pki, listener, ["-y", "-d", "5"], extra={5: notify_w}, cert=client_cert.file
     )
+    resources.enter_context(sock)  # closed even if the test fails
     os.close(notify_w)
-    variables = decode_notification(read_all(notify_r))
+    variables = decode_notification(read_to_eof(notify_r))
     sock.close()
     os.close(engine.to_app)
     os.close(engine.from_app)
     engine.finish()
-    assert variables["SSL_PEER_CERT_HASH"] == "SHA256:" + hashlib.sha256(pki.client_der).hexdigest()
+    assert (
+        variables["SSL_PEER_CERT_HASH"] == "SHA256:" + hashlib.sha256(client_cert.der).hexdigest()
+    )
     assert variables["SSL_PEER_CERT_SUBJECT"] == "O=Clients\\, Inc., OU=QA, CN=test client"
 
 
@@ -175,7 +181,7 @@ def without(env: dict[str, str], *names: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def bad_files(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def bad_files(pki: LoopbackPKI, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     directory = tmp_path_factory.mktemp("bad")
     (directory / "empty").mkdir()
     (directory / "garbage.pem").write_text("this is not a certificate\n")
@@ -213,7 +219,7 @@ CASES = [
 
 @pytest.mark.parametrize(("prog", "args", "change", "code", "kind", "fragment"), CASES)
 def test_error_exit_codes_and_messages(
-    pki: Pki,
+    pki: LoopbackPKI,
     bad_files: dict[str, str],
     prog: str,
     args: list[str],
@@ -222,7 +228,7 @@ def test_error_exit_codes_and_messages(
     kind: str,
     fragment: str,
 ) -> None:
-    env = pki.env()
+    env = tls_env(pki)
     for name, value in change.items():
         if name == "-":
             env = without(env, *value.split())
@@ -234,35 +240,37 @@ def test_error_exit_codes_and_messages(
 
 
 @pytest.mark.parametrize("operands", [["x", "7"], ["6"], ["6", "7", "8"]])
-def test_bad_fd_operands_are_usage_errors(pki: Pki, operands: list[str]) -> None:
-    proc = spawn(["s6-tlsc-io", *operands], {}, pki.env())
+def test_bad_fd_operands_are_usage_errors(pki: LoopbackPKI, operands: list[str]) -> None:
+    proc = spawn(["s6-tlsc-io", *operands], {}, tls_env(pki))
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 100
     one_line(err, "s6-tlsc-io", "usage")
 
 
-def test_closed_fd_is_a_system_error(pki: Pki) -> None:
-    proc = spawn(["s6-tlsc-io", "6", "7"], {}, pki.env())
+def test_closed_fd_is_a_system_error(pki: LoopbackPKI) -> None:
+    proc = spawn(["s6-tlsc-io", "6", "7"], {}, tls_env(pki))
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 111
     assert "file descriptor 6" in one_line(err, "s6-tlsc-io")
 
 
-def test_garbage_instead_of_client_hello(pki: Pki, listener: socket.socket) -> None:
-    peer = socket.create_connection(listener.getsockname()[:2], timeout=TIMEOUT)
-    engine = serve_one(listener, [], pki.env())
-    peer.sendall(b"GET / HTTP/1.0\r\n\r\n")
-    code, err = engine.finish()
+def test_garbage_instead_of_client_hello(pki: LoopbackPKI, listener: socket.socket) -> None:
+    with socket.create_connection(listener.getsockname()[:2], timeout=TIMEOUT) as peer:
+        engine = serve_one(listener, [], tls_env(pki))
+        peer.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        code, err = engine.finish()
     assert code == 98
     assert "handshake" in one_line(err, "s6-tlsd-io")
-    peer.close()
 
 
-def test_peer_reset_mid_stream(pki: Pki, listener: socket.socket) -> None:
+def test_peer_reset_mid_stream(
+    pki: LoopbackPKI, listener: socket.socket, resources: contextlib.ExitStack
+) -> None:
     sock, engine = connect_and_serve(pki, listener, [])
+    resources.enter_context(sock)  # closed even if the test fails
     got = Sink(engine.from_app, keep=True)
     sock.sendall(b"some data")
-    wait_for(lambda: bytes(got.data) == b"some data")  # delivered before the reset
+    got.wait_for(lambda data: data == b"some data")  # delivered before the reset
     raw = socket.socket(fileno=sock.detach())
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     raw.close()  # RST
@@ -278,13 +286,16 @@ def test_peer_reset_mid_stream(pki: Pki, listener: socket.socket) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root (CI runs as root)")
 def test_tls_uid_gid_are_dropped_after_loading_the_keys(
-    pki: Pki, listener: socket.socket, tmp_path: Path
+    pki: LoopbackPKI, listener: socket.socket, tmp_path: Path, resources: contextlib.ExitStack
 ) -> None:
     private = tmp_path / "root-only.pem"
-    private.write_bytes(pki.server_pem.read_bytes())
+    private.write_bytes(pki.server_file.read_bytes())
     private.chmod(0o600)  # readable by root only: it must be loaded before the drop
-    env = pki.env(CERTFILE=str(private), KEYFILE=str(private), TLS_UID="65534", TLS_GID="65533")
+    env = tls_env(
+        pki, CERTFILE=str(private), KEYFILE=str(private), TLS_UID="65534", TLS_GID="65533"
+    )
     sock, engine = connect_and_serve(pki, listener, [], env)
+    resources.enter_context(sock)  # closed even if the test fails
     status = Path(f"/proc/{engine.proc.pid}/status").read_text()
     ids = {
         line.split(":")[0]: line.split()[1:]
@@ -304,7 +315,7 @@ def test_tls_uid_gid_are_dropped_after_loading_the_keys(
 
 
 def handshake_with(
-    pki: Pki, listener: socket.socket, configure: Callable[[ssl.SSLContext], None]
+    pki: LoopbackPKI, listener: socket.socket, configure: Callable[[ssl.SSLContext], None]
 ) -> tuple[bool, int, bytes]:
     """Whether a client configured by ``configure`` completes a handshake
     with s6-tlsd-io, and the server's exit code and stderr."""
@@ -325,7 +336,7 @@ def handshake_with(
 
     thread = threading.Thread(target=client)
     thread.start()
-    engine = serve_one(listener, ["-S"], pki.env())
+    engine = serve_one(listener, ["-S"], tls_env(pki))
     os.close(engine.to_app)
     os.close(engine.from_app)
     thread.join(TIMEOUT)
@@ -358,7 +369,7 @@ def forward_secret_aead(context: ssl.SSLContext) -> None:
     ],
 )
 def test_server_protocol_and_cipher_policy(
-    pki: Pki,
+    pki: LoopbackPKI,
     listener: socket.socket,
     configure: Callable[[ssl.SSLContext], None],
     refusal: str | None,

@@ -3,9 +3,10 @@ hostile rules directory, clients that never start, a stop request, and the
 identity the server runs as.
 
 Rules: the installed programs as subprocesses, loopback only, port 0 and
-the ``-1`` readiness line; every wait is bounded (a socket timeout, a
-``select`` on a pipe, a process exit with a timeout), never a sleep; the
-bounds are generous ("within 5 s") for a loaded 2-core machine. The
+the ``-1`` readiness line; every wait is bounded and waits on the event (a
+socket read with a timeout, a line on the server's stderr, a process exit
+with a timeout), never a sleep; the bounds are generous ("within 5 s") for
+a loaded 2-core machine. Sockets a test holds are closed by ``resources``. The
 identity tests need root (as in CI) and read ``/proc/PID/status`` of the
 server and of prog.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import socket
 import ssl
@@ -22,108 +22,26 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _wrapper_util import read_line_matching
-from conftest import Pki, program
-from test_tlsserver import client_context, half_close, read_all
+from support import (
+    client_context,
+    closed_by_server,
+    half_close,
+    program,
+    read_all,
+    running_server,
+    tls_env,
+)
+
+from trio_s6tls.testing import LoopbackPKI
 
 BOUND = 5.0  # "within 5 s": what a stopped or refused client may wait, at most
-STARTUP = 20.0  # the readiness line, on a loaded machine
+STARTUP = 20.0  # a program's start, on a loaded machine
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="identity changes need root")
-
-
-@dataclass
-class Started:
-    process: subprocess.Popen[bytes]
-    port: int
-    stderr: int | None  # our read end of the server's stderr pipe, if kept
-
-    def line(self, prefix: bytes, timeout: float = BOUND) -> bytes:
-        """The next stderr line starting with ``prefix`` (bounded)."""
-        assert self.stderr is not None
-        return read_line_matching(_Fd(self.stderr), prefix, timeout)
-
-    def exits_within(self, seconds: float = BOUND) -> int:
-        return self.process.wait(seconds)
-
-    def stderr_text(self) -> str:
-        """What the server wrote to stderr so far (non-blocking)."""
-        assert self.stderr is not None
-        chunks = []
-        while select.select([self.stderr], [], [], 0)[0]:
-            chunk = os.read(self.stderr, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks).decode(errors="replace")
-
-
-class _Fd:
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    def fileno(self) -> int:
-        return self._fd
-
-
-@contextlib.contextmanager
-def started(
-    argv: list[str],
-    env: Mapping[str, str],
-    *,
-    stderr: str = "pipe",
-    extra_groups: list[int] | None = None,
-    process_group: bool = False,
-) -> Iterator[Started]:
-    """``argv[0] -1 argv[1:]`` with stderr a pipe we read ("pipe"), closed
-    ("closed"), or a pipe whose reader is gone ("reader gone", closed once
-    the server is ready). Killed on the way out, whatever happened."""
-    read_end, write_end = os.pipe()
-
-    def arrange() -> None:
-        if stderr == "closed":
-            os.close(2)
-
-    process = subprocess.Popen(
-        [program(argv[0]), "-1", *argv[1:]],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=write_end,
-        env=dict(env),
-        preexec_fn=arrange,
-        extra_groups=extra_groups,
-        process_group=0 if process_group else None,
-    )
-    os.close(write_end)
-    try:
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], STARTUP)
-        assert ready, "no readiness line in time"
-        line = process.stdout.readline()
-        if not line.endswith(b"\n"):
-            process.wait(STARTUP)
-            raise AssertionError(f"no readiness: {line!r}, {os.read(read_end, 65536)!r}")
-        if stderr == "reader gone":
-            os.close(read_end)
-            read_end = -1
-        yield Started(process, int(line), read_end if read_end >= 0 else None)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGABRT)
-            try:
-                process.wait(BOUND)
-            except subprocess.TimeoutExpired:  # e.g. its loop is blocked in a syscall
-                process.kill()
-                process.wait(STARTUP)
-        if process.stdout is not None:
-            process.stdout.close()
-        if read_end >= 0:
-            os.close(read_end)
 
 
 def connect(port: int, source: str | None = None) -> socket.socket:
@@ -132,27 +50,11 @@ def connect(port: int, source: str | None = None) -> socket.socket:
     )
 
 
-def closed_by_server(sock: socket.socket) -> bool:
-    """Whether the server closes ``sock`` within the bound (reading and
-    discarding whatever it sends first)."""
-    sock.settimeout(BOUND)
-    deadline = time.monotonic() + BOUND
-    try:
-        while time.monotonic() < deadline:
-            if not sock.recv(65536):
-                return True
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-    except TimeoutError:
-        return False
-    return False
-
-
 def garbage(port: int) -> None:
     """A client that sends no TLS at all: one handshake failure, logged."""
     with connect(port) as sock:
         sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        assert closed_by_server(sock)
+        assert closed_by_server(sock, BOUND)
 
 
 def echo(tls: ssl.SSLSocket, data: bytes) -> bytes:
@@ -167,14 +69,14 @@ def echo(tls: ssl.SSLSocket, data: bytes) -> bytes:
     return got
 
 
-def tls_connect(port: int, pki: Pki, preamble: bytes = b"") -> ssl.SSLSocket:
+def tls_connect(port: int, pki: LoopbackPKI, preamble: bytes = b"") -> ssl.SSLSocket:
     sock = connect(port)
     if preamble:
         sock.sendall(preamble)
     return client_context(pki).wrap_socket(sock, server_hostname="localhost")
 
 
-def exchange(port: int, pki: Pki, data: bytes) -> bytes:
+def exchange(port: int, pki: LoopbackPKI, data: bytes) -> bytes:
     with tls_connect(port, pki) as tls:
         tls.sendall(data)
         half_close(tls)
@@ -185,24 +87,24 @@ def exchange(port: int, pki: Pki, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("broken", ["closed", "reader gone"])
-def test_broken_stderr_never_ends_the_tls_server(pki: Pki, broken: str) -> None:
+def test_broken_stderr_never_ends_the_tls_server(pki: LoopbackPKI, broken: str) -> None:
     """Every failed handshake is a warning; with stderr closed or a pipe
     nobody reads, the warnings are lost, not the server."""
     argv = ["s6-tlsserver", "-H", "127.0.0.1", "0", "cat"]
-    with started(argv, pki.env(), stderr=broken) as srv:
+    with running_server(argv, tls_env(pki), stderr=broken) as srv:
         for _ in range(3):
             garbage(srv.port)
         assert exchange(srv.port, pki, b"still serving") == b"still serving"
         assert srv.process.poll() is None
         srv.process.send_signal(signal.SIGTERM)
-        assert srv.exits_within() == 0
+        assert srv.exits_within(BOUND) == 0
 
 
-def test_broken_stderr_never_ends_the_tcp_server(pki: Pki) -> None:
+def test_broken_stderr_never_ends_the_tcp_server(pki: LoopbackPKI) -> None:
     """s6-tcpserver -v logs every prog it starts; the lines are lost, the
     connections are served."""
     argv = ["s6-tcpserver", "-v", "-H", "127.0.0.1", "0", "sh", "-c", "echo served"]
-    with started(argv, pki.env(), stderr="reader gone") as srv:
+    with running_server(argv, tls_env(pki), stderr="reader gone") as srv:
         for _ in range(3):
             with connect(srv.port) as sock:
                 sock.settimeout(BOUND)
@@ -294,7 +196,9 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 @pytest.mark.parametrize("bad", ["fifo env", "fifo exec", "huge env", "huge exec", "directory env"])
-def test_bad_rules_entry_costs_its_own_connection_only(pki: Pki, tmp_path: Path, bad: str) -> None:
+def test_bad_rules_entry_costs_its_own_connection_only(
+    pki: LoopbackPKI, tmp_path: Path, bad: str
+) -> None:
     """While a client with a bad entry is looked up, an established tunnel
     keeps echoing and a new good client is served; the bad client is closed
     at once with a log line; the server's memory stays small."""
@@ -302,7 +206,7 @@ def test_bad_rules_entry_costs_its_own_connection_only(pki: Pki, tmp_path: Path,
     prog = ["sh", "-c", 'echo "$WHO"; exec cat']
     argv = ["s6-tlsserver", "-H", "-i", str(rules), "127.0.0.1", "0", *prog]
     with (
-        started(argv, pki.env()) as srv,
+        running_server(argv, tls_env(pki)) as srv,
         tls_connect(srv.port, pki) as established,
     ):
         established.settimeout(BOUND)
@@ -311,15 +215,15 @@ def test_bad_rules_entry_costs_its_own_connection_only(pki: Pki, tmp_path: Path,
         with connect(srv.port, "127.0.0.2") as victim:
             assert echo(established, b"ping") == b"ping"
             assert exchange(srv.port, pki, b"new") == b"good\nnew"
-            assert closed_by_server(victim)
+            assert closed_by_server(victim, BOUND)
         assert time.monotonic() - begun < BOUND
-        assert b"127.0.0.2" in srv.line(b"s6-tlsserver: warning: ")
+        assert b"127.0.0.2" in srv.line(b"s6-tlsserver: warning: ", BOUND)
         assert _peak_rss_kib(srv.process.pid) < 128 * 1024
         assert echo(established, b"pong") == b"pong"
 
 
 async def test_rules_lookup_runs_off_the_loop_under_the_timeout(
-    pki: Pki, monkeypatch: pytest.MonkeyPatch
+    pki: LoopbackPKI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """-t bounds the rules lookup too: a lookup stuck in the file system
     (simulated here) refuses its client after the timeout, and the loop
@@ -388,78 +292,88 @@ def _half_client_hello(port: int) -> socket.socket:
     return sock
 
 
-def test_sigterm_closes_connections_that_have_not_started_prog(pki: Pki) -> None:
+def test_sigterm_closes_connections_that_have_not_started_prog(
+    pki: LoopbackPKI, resources: contextlib.ExitStack
+) -> None:
     """Defaults -K 0, -t 0: an idle TCP client and half a ClientHello are
     closed at once on SIGTERM; the tunnel with a running prog goes on, and
     the server exits when it has ended."""
-    with started(["s6-tlsserver", "-H", "127.0.0.1", "0", "cat"], pki.env()) as srv:
-        tunnel = tls_connect(srv.port, pki)
+    with running_server(["s6-tlsserver", "-H", "127.0.0.1", "0", "cat"], tls_env(pki)) as srv:
+        tunnel = resources.enter_context(tls_connect(srv.port, pki))
         assert echo(tunnel, b"before") == b"before"
-        idle = connect(srv.port)
-        half = _half_client_hello(srv.port)
+        idle = resources.enter_context(connect(srv.port))
+        half = resources.enter_context(_half_client_hello(srv.port))
         srv.process.send_signal(signal.SIGTERM)
-        assert closed_by_server(idle) and closed_by_server(half)
+        assert closed_by_server(idle, BOUND) and closed_by_server(half, BOUND)
         assert srv.process.poll() is None
         assert echo(tunnel, b"after") == b"after"
         half_close(tunnel)
         assert read_all(tunnel) == b""
         tunnel.close()
-        assert srv.exits_within() == 0
+        assert srv.exits_within(BOUND) == 0
         idle.close()
         half.close()
 
 
 @pytest.mark.parametrize("prog_running", [False, True], ids=["alone", "beside a tunnel"])
-def test_sigterm_with_a_client_missing_its_proxy_header(pki: Pki, prog_running: bool) -> None:
+def test_sigterm_with_a_client_missing_its_proxy_header(
+    pki: LoopbackPKI, prog_running: bool, resources: contextlib.ExitStack
+) -> None:
     argv = ["s6-tlsserver", "-H", "-L", "127.0.0.1", "0", "cat"]
-    with started(argv, pki.env()) as srv, connect(srv.port) as waiting:
+    with running_server(argv, tls_env(pki)) as srv, connect(srv.port) as waiting:
         header = b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 443\r\n"
-        tunnel = tls_connect(srv.port, pki, preamble=header) if prog_running else None
+        tunnel = (
+            resources.enter_context(tls_connect(srv.port, pki, preamble=header))
+            if prog_running
+            else None
+        )
         if tunnel is not None:
             assert echo(tunnel, b"in") == b"in"
         srv.process.send_signal(signal.SIGTERM)
-        assert closed_by_server(waiting)
+        assert closed_by_server(waiting, BOUND)
         if tunnel is not None:
             assert srv.process.poll() is None and echo(tunnel, b"on") == b"on"
             tunnel.close()
-        assert srv.exits_within() == 0
+        assert srv.exits_within(BOUND) == 0
 
 
-def test_sigint_is_a_clean_stop(pki: Pki) -> None:
+def test_sigint_is_a_clean_stop(pki: LoopbackPKI, resources: contextlib.ExitStack) -> None:
     """Ctrl-C: the same as SIGTERM, with no traceback."""
-    with started(["s6-tlsserver", "-H", "127.0.0.1", "0", "cat"], pki.env()) as srv:
-        idle = connect(srv.port)
+    with running_server(["s6-tlsserver", "-H", "127.0.0.1", "0", "cat"], tls_env(pki)) as srv:
+        idle = resources.enter_context(connect(srv.port))
         srv.process.send_signal(signal.SIGINT)
-        assert closed_by_server(idle)
-        assert srv.exits_within() == 0
+        assert closed_by_server(idle, BOUND)
+        assert srv.exits_within(BOUND) == 0
         idle.close()
-        assert srv.stderr_text() == ""
+        assert srv.stderr == ""
 
 
-def test_second_sigint_stops_at_once(pki: Pki) -> None:
-    with started(["s6-tlsserver", "-v", "-H", "127.0.0.1", "0", "cat"], pki.env()) as srv:
-        tunnel = tls_connect(srv.port, pki)
+def test_second_sigint_stops_at_once(pki: LoopbackPKI, resources: contextlib.ExitStack) -> None:
+    with running_server(["s6-tlsserver", "-v", "-H", "127.0.0.1", "0", "cat"], tls_env(pki)) as srv:
+        tunnel = resources.enter_context(tls_connect(srv.port, pki))
         assert echo(tunnel, b"x") == b"x"
         srv.process.send_signal(signal.SIGINT)
-        srv.line(b"s6-tlsserver: info: received SIGINT")
+        srv.line(b"s6-tlsserver: info: received SIGINT", BOUND)
         assert echo(tunnel, b"still open") == b"still open"  # waiting for prog to end
         srv.process.send_signal(signal.SIGINT)
-        assert srv.exits_within() == 0
-        assert closed_by_server(tunnel)
+        assert srv.exits_within(BOUND) == 0
+        assert closed_by_server(tunnel, BOUND)
         tunnel.close()
-        assert "Traceback" not in srv.stderr_text()
+        assert "Traceback" not in srv.stderr
 
 
 @pytest.mark.parametrize("to_group", [True, False], ids=["Ctrl-C to the group", "kill -INT"])
-def test_sigint_twice_with_workers(pki: Pki, to_group: bool) -> None:
+def test_sigint_twice_with_workers(
+    pki: LoopbackPKI, to_group: bool, resources: contextlib.ExitStack
+) -> None:
     """Ctrl-C reaches the supervisor and the workers alike: the first is
     still a clean stop (the tunnel goes on), the second stops at once."""
     prog = ["sh", "-c", "trap '' INT; exec cat"]  # a prog that outlives Ctrl-C
     argv = ["s6-tlsserver", "-H", "--workers", "2", "127.0.0.1", "0", *prog]
-    with started(argv, pki.env(), process_group=True) as srv:
-        tunnel = tls_connect(srv.port, pki)
+    with running_server(argv, tls_env(pki), process_group=True) as srv:
+        tunnel = resources.enter_context(tls_connect(srv.port, pki))
         assert echo(tunnel, b"x") == b"x"
-        idle = connect(srv.port)
+        idle = resources.enter_context(connect(srv.port))
 
         def interrupt() -> None:
             if to_group:
@@ -468,21 +382,21 @@ def test_sigint_twice_with_workers(pki: Pki, to_group: bool) -> None:
                 srv.process.send_signal(signal.SIGINT)
 
         interrupt()
-        assert closed_by_server(idle)
+        assert closed_by_server(idle, BOUND)
         assert echo(tunnel, b"still open") == b"still open"
         interrupt()
-        assert srv.exits_within() == 0
-        assert closed_by_server(tunnel)
+        assert srv.exits_within(BOUND) == 0
+        assert closed_by_server(tunnel, BOUND)
         tunnel.close()
         idle.close()
-        assert "Traceback" not in srv.stderr_text()
+        assert "Traceback" not in srv.stderr
 
 
-def test_sigint_on_the_tcp_server(pki: Pki) -> None:
-    with started(["s6-tcpserver", "-H", "127.0.0.1", "0", "cat"], pki.env()) as srv:
+def test_sigint_on_the_tcp_server(pki: LoopbackPKI) -> None:
+    with running_server(["s6-tcpserver", "-H", "127.0.0.1", "0", "cat"], tls_env(pki)) as srv:
         srv.process.send_signal(signal.SIGINT)
-        assert srv.exits_within() == 0
-        assert srv.stderr_text() == ""
+        assert srv.exits_within(BOUND) == 0
+        assert srv.stderr == ""
 
 
 # -- 4. the identity the server runs as -------------------------------------------------
@@ -540,7 +454,9 @@ IDENTITY_CASES = {
 @needs_root
 @pytest.mark.parametrize("program_name", ["s6-tlsserver", "s6-tcpserver"])
 @pytest.mark.parametrize("case", sorted(IDENTITY_CASES))
-def test_server_and_prog_identity(pki: Pki, tmp_path: Path, program_name: str, case: str) -> None:
+def test_server_and_prog_identity(
+    pki: LoopbackPKI, tmp_path: Path, program_name: str, case: str
+) -> None:
     """The server drops to the -u/-g/-G/-U identity (or TLS_UID/TLS_GID)
     once bound and its key loaded (a key only root can read), clearing the
     supplementary groups unless -G; prog inherits it."""
@@ -548,11 +464,11 @@ def test_server_and_prog_identity(pki: Pki, tmp_path: Path, program_name: str, c
     if program_name == "s6-tcpserver" and "TLS_UID" in extra_env:
         expected = IDENTITY_CASES["none" if not options else "-u/-g"][2]
     key = tmp_path / "root-only.pem"
-    key.write_bytes(pki.server_pem.read_bytes())
+    key.write_bytes(pki.server_file.read_bytes())
     key.chmod(0o600)
-    env = pki.env(CERTFILE=str(key), KEYFILE=str(key), **extra_env)
+    env = tls_env(pki, CERTFILE=str(key), KEYFILE=str(key), **extra_env)
     argv = [program_name, "-H", *options, "127.0.0.1", "0", *PROG_STATUS]
-    with started(argv, env, extra_groups=START_GROUPS) as srv:
+    with running_server(argv, env, extra_groups=START_GROUPS) as srv:
         server = _server_identity(srv.process.pid)
         if program_name == "s6-tlsserver":
             prog = Identity.parse(exchange(srv.port, pki, b"").decode())
@@ -574,11 +490,11 @@ def test_server_and_prog_identity(pki: Pki, tmp_path: Path, program_name: str, c
     ],
 )
 def test_tls_ids_different_from_the_server_identity_are_refused(
-    pki: Pki, options: list[str], extra_env: dict[str, str]
+    pki: LoopbackPKI, options: list[str], extra_env: dict[str, str]
 ) -> None:
     result = subprocess.run(
         [program("s6-tlsserver"), *options, "127.0.0.1", "0", "cat"],
-        env=pki.env(**extra_env),
+        env=tls_env(pki, **extra_env),
         capture_output=True,
         timeout=STARTUP,
     )

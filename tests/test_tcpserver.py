@@ -1,13 +1,14 @@
 """s6-tcpserver end to end: the installed program as a subprocess.
 
-Rules as in test_tlsserver.py (whose helpers this module shares): loopback
-only, port 0 and ``-1`` readiness, a bound on every wait, no sleeps. The
-only timed wait is the negative check of ``-c`` (a client that must *not*
-be served within a short bound).
+Rules as in test_tlsserver.py: loopback only, port 0 and ``-1`` readiness,
+a bound on every wait, which waits on the event (a socket read, a line on
+the server's stderr), no sleeps. The only timed wait is the negative check
+of ``-c`` (a client that must *not* be served within a short bound).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,17 +17,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Pki, program
-from test_tlsserver import (
+from support import (
     TIMEOUT,
     client_context,
     connect,
     exchange,
     parse_env,
+    program,
     read_all,
-    server,
-    wait_until,
+    running_server,
+    tls_env,
 )
+
+from trio_s6tls.testing import LoopbackPKI
 
 ENV_PROG = ["sh", "-c", "env; exec cat >/dev/null"]
 
@@ -44,9 +47,11 @@ def ask(port: int, data: bytes = b"", source: str | None = None) -> bytes:
         return read_all(sock)
 
 
-def test_socket_is_stdin_stdout_and_environment(pki: Pki) -> None:
-    env = pki.env(KEEPME="yes")
-    with server(["s6-tcpserver", "-l", "me.example", "127.0.0.1", "0", *ENV_PROG], env) as srv:
+def test_socket_is_stdin_stdout_and_environment(pki: LoopbackPKI) -> None:
+    env = tls_env(pki, KEEPME="yes")
+    with running_server(
+        ["s6-tcpserver", "-l", "me.example", "127.0.0.1", "0", *ENV_PROG], env
+    ) as srv:
         with connect(srv.port) as sock:
             client_port = sock.getsockname()[1]
             sock.shutdown(socket.SHUT_WR)
@@ -59,15 +64,15 @@ def test_socket_is_stdin_stdout_and_environment(pki: Pki) -> None:
         assert got["TCPREMOTEHOST"] == socket.getnameinfo(("127.0.0.1", 0), socket.NI_NAMEREQD)[0]
         assert "TCPREMOTEINFO" not in got
         # plain TCP touches no TLS variable
-        assert got["CERTFILE"] == str(pki.server_pem) and got["KEYFILE"] == str(pki.server_pem)
+        assert got["CERTFILE"] == str(pki.server_file) and got["KEYFILE"] == str(pki.server_file)
         assert got["KEEPME"] == "yes"
         assert not any(name.startswith("SSL_P") for name in got)
     data = os.urandom(1 << 16)
-    with server(["s6-tcpserver", "-H", "127.0.0.1", "0", "cat"], env) as echo:
+    with running_server(["s6-tcpserver", "-H", "127.0.0.1", "0", "cat"], env) as echo:
         assert ask(echo.port, data) == data
 
 
-def test_banner_nodelay_paranoid(pki: Pki) -> None:
+def test_banner_nodelay_paranoid(pki: LoopbackPKI) -> None:
     prog = [
         sys.executable,
         "-c",
@@ -89,22 +94,25 @@ def test_banner_nodelay_paranoid(pki: Pki) -> None:
         "0",
         *prog,
     ]
-    with server(argv, pki.env()) as srv:
+    with running_server(argv, tls_env(pki)) as srv:
         answer = ask(srv.port).decode()
     name = socket.getnameinfo(("127.0.0.1", 0), socket.NI_NAMEREQD)[0]
     assert answer == f"hello\r\nTrue {name} True\n"
     argv = ["s6-tcpserver", "-d", "-w", "-H", "127.0.0.1", "0", *prog]
-    with server(argv, pki.env()) as srv:
+    with running_server(argv, tls_env(pki)) as srv:
         assert ask(srv.port).decode() == "False None True\n"
 
 
-def test_max_connections_queue(pki: Pki) -> None:
+def test_max_connections_queue(pki: LoopbackPKI, resources: contextlib.ExitStack) -> None:
     """-c 2: a third client waits in the backlog until one of the two leaves."""
     prog = ["sh", "-c", "echo in; exec cat"]
-    with server(["s6-tcpserver", "-H", "-c", "2", "127.0.0.1", "0", *prog], pki.env()) as srv:
-        first, second = connect(srv.port), connect(srv.port)
+    with running_server(
+        ["s6-tcpserver", "-H", "-c", "2", "127.0.0.1", "0", *prog], tls_env(pki)
+    ) as srv:
+        first = resources.enter_context(connect(srv.port))
+        second = resources.enter_context(connect(srv.port))
         assert first.recv(10) == b"in\n" and second.recv(10) == b"in\n"
-        third = connect(srv.port)  # the kernel completes the TCP handshake
+        third = resources.enter_context(connect(srv.port))  # the kernel completes it
         third.settimeout(0.5)
         with pytest.raises(TimeoutError):
             third.recv(10)  # not served while two are open
@@ -115,23 +123,27 @@ def test_max_connections_queue(pki: Pki) -> None:
             sock.close()
 
 
-def test_per_ip_limit(pki: Pki) -> None:
+def test_per_ip_limit(pki: LoopbackPKI, resources: contextlib.ExitStack) -> None:
+    """-C 1; -v logs the end of a connection, once its slot is free."""
     prog = ["sh", "-c", "echo $TCPCONNNUM; exec cat"]
-    with server(["s6-tcpserver", "-H", "-C", "1", "127.0.0.1", "0", *prog], pki.env()) as srv:
-        first = connect(srv.port)
+    argv = ["s6-tcpserver", "-v", "-H", "-C", "1", "127.0.0.1", "0", *prog]
+    with running_server(argv, tls_env(pki)) as srv:
+        first = resources.enter_context(connect(srv.port))
         assert first.recv(10) == b"1\n"
         assert ask(srv.port) == b""  # closed at once
         assert ask(srv.port, source="127.0.0.2") == b"1\n"
+        first_port = first.getsockname()[1]
         first.close()
+        srv.wait_stderr(f" end ip 127.0.0.1 port {first_port} ")
 
         def served() -> bool:
             return ask(srv.port) == b"1\n"
 
-        wait_until(served, "per-ip slot freed")
+        assert served(), "per-ip slot freed"
         assert "too many connections from 127.0.0.1" in srv.stderr
 
 
-def test_prog_identity(pki: Pki, tmp_path: Path) -> None:
+def test_prog_identity(pki: LoopbackPKI, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("changing prog's identity needs root")
     prog = ["sh", "-c", "id -u; id -g; id -G"]
@@ -148,14 +160,14 @@ def test_prog_identity(pki: Pki, tmp_path: Path) -> None:
         "0",
         *prog,
     ]
-    with server(argv, pki.env()) as srv:
+    with running_server(argv, tls_env(pki)) as srv:
         assert ask(srv.port).split() == [b"65534", b"65534", b"65534", b"100"]
-    env = pki.env(UID="1", GID="2", GIDLIST="3")
-    with server(["s6-tcpserver", "-H", "-U", "127.0.0.1", "0", *prog], env) as srv:
+    env = tls_env(pki, UID="1", GID="2", GIDLIST="3")
+    with running_server(["s6-tcpserver", "-H", "-U", "127.0.0.1", "0", *prog], env) as srv:
         assert ask(srv.port).split() == [b"1", b"2", b"2", b"3"]
 
 
-def test_rules_and_proxy(pki: Pki, tmp_path: Path) -> None:
+def test_rules_and_proxy(pki: LoopbackPKI, tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     (rules / "ip4/127.0.0.0_8/env").mkdir(parents=True)
     (rules / "ip4/127.0.0.0_8/allow").touch()
@@ -163,7 +175,7 @@ def test_rules_and_proxy(pki: Pki, tmp_path: Path) -> None:
     (rules / "ip4/127.0.0.9_32").mkdir(parents=True)
     (rules / "ip4/127.0.0.9_32/deny").touch()
     argv = ["s6-tcpserver", "-H", "-L", "-i", str(rules), "127.0.0.1", "0", *ENV_PROG]
-    with server(argv, pki.env()) as srv:
+    with running_server(argv, tls_env(pki)) as srv:
         got = parse_env(ask(srv.port, b"PROXY TCP6 2001:db8::1 2001:db8::2 1234 80\r\n"))
         assert got["WHO"] == "loopback"
         assert (got["TCPREMOTEIP"], got["TCPREMOTEPORT"]) == ("2001:db8::1", "1234")
@@ -174,12 +186,12 @@ def test_rules_and_proxy(pki: Pki, tmp_path: Path) -> None:
         assert got["TCPREMOTEIP"] == "127.0.0.1"
 
 
-def test_sigterm_leaves_children_running(pki: Pki) -> None:
+def test_sigterm_leaves_children_running(pki: LoopbackPKI) -> None:
     """The C tool's behaviour: the server exits, running progs keep their
     sockets and finish their work."""
     prog = ["sh", "-c", "echo in; exec cat"]
     with (
-        server(["s6-tcpserver", "-H", "127.0.0.1", "0", *prog], pki.env()) as srv,
+        running_server(["s6-tcpserver", "-H", "127.0.0.1", "0", *prog], tls_env(pki)) as srv,
         connect(srv.port) as sock,
     ):
         assert sock.recv(10) == b"in\n"
@@ -191,10 +203,10 @@ def test_sigterm_leaves_children_running(pki: Pki) -> None:
         assert read_all(sock) == b"still here"
 
 
-def test_sighup_and_workers(pki: Pki) -> None:
+def test_sighup_and_workers(pki: LoopbackPKI) -> None:
     prog = ["sh", "-c", "echo $PPID; exec cat"]
-    with server(
-        ["s6-tcpserver", "-H", "--workers", "2", "127.0.0.1", "0", *prog], pki.env()
+    with running_server(
+        ["s6-tcpserver", "-H", "--workers", "2", "127.0.0.1", "0", *prog], tls_env(pki)
     ) as srv:
         with connect(srv.port) as sock:
             assert sock.recv(100).strip().isdigit()
@@ -209,14 +221,14 @@ def test_sighup_and_workers(pki: Pki) -> None:
         assert srv.stop(signal.SIGTERM) == 0
 
 
-def test_chain_with_tlsd(pki: Pki) -> None:
+def test_chain_with_tlsd(pki: LoopbackPKI) -> None:
     """s6-tcpserver ... s6-tlsd -Z prog: UCSPI variables from the server,
     SSL_* from s6-tlsd, TLS variables kept by -Z."""
 
     argv = ["s6-tcpserver", "-H", "127.0.0.1", "0", program("s6-tlsd"), "-Z", *ENV_PROG]
-    with server(argv, pki.env()) as srv:
+    with running_server(argv, tls_env(pki)) as srv:
         got = parse_env(exchange(srv.port, client_context(pki), b""))
-    assert got["SSL_PROTOCOL"] == "TLSv1.3" and got["CERTFILE"] == str(pki.server_pem)
+    assert got["SSL_PROTOCOL"] == "TLSv1.3" and got["CERTFILE"] == str(pki.server_file)
     assert got["TCPREMOTEIP"] == "127.0.0.1"
 
 
@@ -231,10 +243,10 @@ def test_chain_with_tlsd(pki: Pki) -> None:
         (["localhost", "0", "cat"], 100, "not an IP address"),
     ],
 )
-def test_bad_input(pki: Pki, args: list[str], code: int, needle: str) -> None:
+def test_bad_input(pki: LoopbackPKI, args: list[str], code: int, needle: str) -> None:
     result = subprocess.run(
         [program("s6-tcpserver"), *args],
-        env=pki.env(UID="nobody"),
+        env=tls_env(pki, UID="nobody"),
         capture_output=True,
         timeout=TIMEOUT,
     )
@@ -244,7 +256,7 @@ def test_bad_input(pki: Pki, args: list[str], code: int, needle: str) -> None:
 
 
 @pytest.mark.parametrize("identity", [[], ["-g", "0"]], ids=["posix_spawn", "popen"])
-def test_prog_gets_default_signals(pki: Pki, identity: list[str]) -> None:
+def test_prog_gets_default_signals(pki: LoopbackPKI, identity: list[str]) -> None:
     """SIGPIPE and SIGXFSZ are ignored in the server; prog gets them back at
     their default, with no signal blocked (both spawn paths: the -g one goes
     through Popen). glibc's posix_spawn leaves its two internal real-time
@@ -252,7 +264,9 @@ def test_prog_gets_default_signals(pki: Pki, identity: list[str]) -> None:
     if identity and os.geteuid() != 0:
         pytest.skip("-g needs root")
     prog = ["grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"]
-    with server(["s6-tcpserver", "-H", *identity, "127.0.0.1", "0", *prog], pki.env()) as srv:
+    with running_server(
+        ["s6-tcpserver", "-H", *identity, "127.0.0.1", "0", *prog], tls_env(pki)
+    ) as srv:
         lines = ask(srv.port).decode().split("\n")
     assert lines[0] == "SigBlk:\t0000000000000000"
     ignored = int(lines[1].split()[1], 16)

@@ -20,10 +20,21 @@ from pathlib import Path
 
 import pytest
 import trustme
-from _wrapper_util import TIMEOUT, finish, parse_env, read_line_matching, reaped, sh
-from conftest import Pki, program, spawn
+from support import (
+    TIMEOUT,
+    ClientCert,
+    MiB,
+    finish,
+    parse_env,
+    program,
+    read_line_matching,
+    reaped,
+    sh,
+    spawn,
+    tls_env,
+)
 
-MiB = 1 << 20
+from trio_s6tls.testing import LoopbackPKI
 
 UCSPI_CLIENT_VARIABLES = {
     "PROTO", "TCPREMOTEIP", "TCPREMOTEPORT", "TCPLOCALIP", "TCPLOCALPORT", "TCPREMOTEHOST", "TCPLOCALHOST",
@@ -55,17 +66,17 @@ def env_dump(report: Path, kind: str) -> list[str]:
     return [sys.executable, "-c", ENV_DUMP, str(report), kind]
 
 
-def stale_env(pki: Pki) -> dict[str, str]:
+def stale_env(pki: LoopbackPKI) -> dict[str, str]:
     """Variables prog must not see as they are: each must be replaced or unset."""
-    return pki.env(TCPREMOTEINFO="stale", SSL_PEER_CERT_SUBJECT="stale", TCPREMOTEHOST="stale")
+    return tls_env(pki, TCPREMOTEINFO="stale", SSL_PEER_CERT_SUBJECT="stale", TCPREMOTEHOST="stale")
 
 
 @pytest.fixture
-def s_server(pki: Pki) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def s_server(pki: LoopbackPKI) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """openssl s_server reversing lines, one connection, on 127.0.0.1."""
     server = subprocess.Popen(
         ["openssl", "s_server", "-accept", "127.0.0.1:0", "-naccept", "1", "-rev",
-         "-cert", str(pki.server_pem), "-key", str(pki.server_pem)],
+         "-cert", str(pki.server_file), "-key", str(pki.server_file)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     with reaped(server):
@@ -74,7 +85,7 @@ def s_server(pki: Pki) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
 
 
 def test_tlsclient_against_openssl_s_server_env_complete(
-    pki: Pki, s_server: tuple[subprocess.Popen[bytes], int], tmp_path: Path
+    pki: LoopbackPKI, s_server: tuple[subprocess.Popen[bytes], int], tmp_path: Path
 ) -> None:
     _, port = s_server
     report = tmp_path / "env"
@@ -104,7 +115,7 @@ def test_tlsclient_against_openssl_s_server_env_complete(
 
 
 def tlsd_behind_listener(
-    pki: Pki,
+    pki: LoopbackPKI,
     client_argv: list[str],
     server_prog: list[str],
     client_env: dict[str, str] | None = None,
@@ -118,7 +129,7 @@ def tlsd_behind_listener(
         client = spawn(
             [part.format(port=port) for part in client_argv],
             {},
-            client_env or pki.env(),
+            client_env or tls_env(pki),
             stdout=subprocess.PIPE,
         )
         with reaped(client):
@@ -127,7 +138,7 @@ def tlsd_behind_listener(
                 server = spawn(
                     ["s6-tlsd", *server_flags, "--", *server_prog],
                     {0: connection.fileno(), 1: connection.fileno()},
-                    pki.env(),
+                    tls_env(pki),
                 )
             with reaped(server):
                 out, client_err = finish(client)
@@ -136,7 +147,7 @@ def tlsd_behind_listener(
     return client, server, out, client_err
 
 
-def test_tlsclient_multi_mib_echo_against_tlsd(pki: Pki, tmp_path: Path) -> None:
+def test_tlsclient_multi_mib_echo_against_tlsd(pki: LoopbackPKI, tmp_path: Path) -> None:
     payload = os.urandom(3 * MiB + 7)
     (tmp_path / "payload").write_bytes(payload)
     client_prog = sh(
@@ -167,7 +178,7 @@ SNI_REPORT = sh('printf "%s\\n" "${SSL_TLS_SNI_SERVERNAME-none}"')
     ],
     ids=["default-host", "-k", "-H-no-sni", "-H-k"],
 )
-def test_sni_follows_host_k_and_H(pki: Pki, flags: list[str], host: str, sni: str) -> None:
+def test_sni_follows_host_k_and_H(pki: LoopbackPKI, flags: list[str], host: str, sni: str) -> None:
     client, _, out, err = tlsd_behind_listener(
         pki, ["s6-tlsclient", "-4", *flags, host, "{port}", *sh("cat <&6")], SNI_REPORT
     )
@@ -175,7 +186,7 @@ def test_sni_follows_host_k_and_H(pki: Pki, flags: list[str], host: str, sni: st
     assert out.decode().strip() == sni
 
 
-def test_wrong_servername_fails_and_prog_never_runs(pki: Pki, tmp_path: Path) -> None:
+def test_wrong_servername_fails_and_prog_never_runs(pki: LoopbackPKI, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(TIMEOUT)
@@ -183,13 +194,15 @@ def test_wrong_servername_fails_and_prog_never_runs(pki: Pki, tmp_path: Path) ->
         client = spawn(
             ["s6-tlsclient", "-k", "wrong.example", "127.0.0.1", str(port), "touch", str(marker)],
             {},
-            pki.env(),
+            tls_env(pki),
         )
         with reaped(client):
             connection, _ = listener.accept()
             with connection:
                 server = spawn(
-                    ["s6-tlsd", "cat"], {0: connection.fileno(), 1: connection.fileno()}, pki.env()
+                    ["s6-tlsd", "cat"],
+                    {0: connection.fileno(), 1: connection.fileno()},
+                    tls_env(pki),
                 )
             with reaped(server):
                 _, err = finish(client)
@@ -199,20 +212,20 @@ def test_wrong_servername_fails_and_prog_never_runs(pki: Pki, tmp_path: Path) ->
 
 
 def test_untrusted_server_is_98(
-    pki: Pki, s_server: tuple[subprocess.Popen[bytes], int], tmp_path: Path
+    pki: LoopbackPKI, s_server: tuple[subprocess.Popen[bytes], int], tmp_path: Path
 ) -> None:
     _, port = s_server
     stranger = tmp_path / "stranger.pem"
     trustme.CA().cert_pem.write_to_path(str(stranger))
     client = subprocess.run(
         [program("s6-tlsclient"), "127.0.0.1", str(port), "true"],
-        env=pki.env(CAFILE=str(stranger)), capture_output=True, timeout=TIMEOUT,
+        env=tls_env(pki, CAFILE=str(stranger)), capture_output=True, timeout=TIMEOUT,
     )  # fmt: skip
     assert client.returncode == 98
     assert client.stderr.startswith(b"s6-tlsclient: fatal: ")
 
 
-def test_tcpclient_env_fds_and_options(pki: Pki, tmp_path: Path) -> None:
+def test_tcpclient_env_fds_and_options(pki: LoopbackPKI, tmp_path: Path) -> None:
     report = tmp_path / "env"
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(TIMEOUT)
@@ -238,7 +251,7 @@ def test_tcpclient_env_fds_and_options(pki: Pki, tmp_path: Path) -> None:
     assert (tmp_path / "env.reply").read_bytes() == b"world\n"
 
 
-def test_tcpclient_local_port(pki: Pki, tmp_path: Path) -> None:
+def test_tcpclient_local_port(pki: LoopbackPKI, tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(TIMEOUT)
         with socket.socket() as probe:  # a free port for -p (SO_REUSEADDR on both sides)
@@ -252,7 +265,7 @@ def test_tcpclient_local_port(pki: Pki, tmp_path: Path) -> None:
             str(listener.getsockname()[1]),
             *sh("exit 0"),
         ]
-        client = spawn(argv, {}, pki.env())
+        client = spawn(argv, {}, tls_env(pki))
         with reaped(client):
             connection, peer = listener.accept()
             connection.close()
@@ -261,14 +274,14 @@ def test_tcpclient_local_port(pki: Pki, tmp_path: Path) -> None:
     assert peer[1] == local_port
 
 
-def test_refused_connection_is_a_clear_error(pki: Pki) -> None:
+def test_refused_connection_is_a_clear_error(pki: LoopbackPKI) -> None:
     with socket.socket() as probe:  # bound but not listening: connections are refused
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
         for name in ("s6-tcpclient", "s6-tlsclient"):
             proc = subprocess.run(  # trust anchors set: s6-tlsclient checks them first
                 [program(name), "127.0.0.1", str(port), "true"],
-                env=pki.env(),
+                env=tls_env(pki),
                 capture_output=True,
                 timeout=TIMEOUT,
             )
@@ -334,7 +347,7 @@ def test_usage_errors(argv: list[str]) -> None:
     assert proc.stderr.count(b"\n") == 1 and proc.stderr.startswith(f"{argv[0]}: usage: ".encode())
 
 
-def test_ipv4_only_flag(pki: Pki, tmp_path: Path) -> None:
+def test_ipv4_only_flag(pki: LoopbackPKI, tmp_path: Path) -> None:
     report = tmp_path / "env"
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(TIMEOUT)
@@ -342,7 +355,7 @@ def test_ipv4_only_flag(pki: Pki, tmp_path: Path) -> None:
         client = spawn(
             ["s6-tcpclient", "-4", "-H", "localhost", str(port), *sh('env > "$1"', str(report))],
             {},
-            pki.env(),
+            tls_env(pki),
         )
         with reaped(client):
             connection, _ = listener.accept()
@@ -352,10 +365,10 @@ def test_ipv4_only_flag(pki: Pki, tmp_path: Path) -> None:
     assert parse_env(report.read_text())["TCPREMOTEIP"] == "127.0.0.1"
 
 
-def test_tlsclient_tls_options(pki: Pki, tmp_path: Path) -> None:
+def test_tlsclient_tls_options(pki: LoopbackPKI, client_cert: ClientCert, tmp_path: Path) -> None:
     """-y sends the client certificate, -Z keeps the TLS variables, -v logs
     the connection and the handshake, -n/-h/-d/-R/-K/-S/-J parse and run."""
-    client_env = pki.env(CERTFILE=str(pki.client_pem), KEYFILE=str(pki.client_pem))
+    client_env = tls_env(pki, **client_cert.env)
     report = tmp_path / "env"
     client_prog = sh('env > "$1"; cat <&6', str(report))
     server_prog = sh('printf "%s\\n" "${SSL_PEER_CERT_HASH-none}"')
@@ -365,13 +378,13 @@ def test_tlsclient_tls_options(pki: Pki, tmp_path: Path) -> None:
     assert client.returncode == 0, err
     assert out.decode().strip().startswith("SHA256:")  # the server saw our certificate
     seen = parse_env(report.read_text())
-    assert seen["CERTFILE"] == str(pki.client_pem) and seen["CAFILE"]  # -Z
+    assert seen["CERTFILE"] == str(client_cert.file) and seen["CAFILE"]  # -Z
     text = err.decode()
     assert "s6-tlsclient: info: connected to 127.0.0.1 port " in text
     assert "s6-tlsclient: info: SSL_PROTOCOL=" in text
 
 
-def test_tlsclient_quiet_connects_silently(pki: Pki) -> None:
+def test_tlsclient_quiet_connects_silently(pki: LoopbackPKI) -> None:
     client, _, out, err = tlsd_behind_listener(
         pki,
         ["s6-tlsclient", "-q", "-k", "localhost", "127.0.0.1", "{port}", *sh("cat <&6")],
@@ -391,7 +404,7 @@ def ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
-def test_ipv6_only_flag_and_ipv6_literal(pki: Pki, tmp_path: Path) -> None:
+def test_ipv6_only_flag_and_ipv6_literal(pki: LoopbackPKI, tmp_path: Path) -> None:
     report = tmp_path / "env"
     with socket.create_server(("::1", 0), family=socket.AF_INET6) as listener:
         listener.settimeout(TIMEOUT)
@@ -408,13 +421,15 @@ def test_ipv6_only_flag_and_ipv6_literal(pki: Pki, tmp_path: Path) -> None:
                 *sh('env > "$1"', str(report)),
             ],
             {},
-            pki.env(),
+            tls_env(pki),
         )
         with reaped(client):
             connection, _ = listener.accept()
             with connection:
                 server = spawn(
-                    ["s6-tlsd", "true"], {0: connection.fileno(), 1: connection.fileno()}, pki.env()
+                    ["s6-tlsd", "true"],
+                    {0: connection.fileno(), 1: connection.fileno()},
+                    tls_env(pki),
                 )
             with reaped(server):
                 _, err = finish(client)

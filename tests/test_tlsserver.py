@@ -2,9 +2,11 @@
 curl, python ``ssl`` clients and openssl.
 
 Rules: loopback only, port 0 and ``-1`` readiness (never a sleep to wait for
-the server); every wait has a bound (TIMEOUT); the server's stderr goes to a
-file so that its warnings can never block it; every server is stopped and
-reaped on the way out, pass or fail.
+the server); every wait has a bound (TIMEOUT) and waits on the event: a line
+on the server's stderr (a pipe drained as it comes, so its warnings can
+never block it; ``-v`` where the event is only logged at verbosity 2), a
+socket read, a process exit. Every server is stopped and reaped on the way
+out, pass or fail; sockets a test holds are closed by ``resources``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import select
 import shutil
 import signal
 import socket
@@ -20,138 +21,29 @@ import ssl
 import struct
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Pki, program
+from support import (
+    TIMEOUT,
+    ClientCert,
+    KiB,
+    MiB,
+    client_context,
+    closed_by_server,
+    connect,
+    exchange,
+    half_close,
+    parse_env,
+    program,
+    read_all,
+    running_server,
+    tls_connect,
+    tls_env,
+)
 
-TIMEOUT = 20
-KiB = 1 << 10
-MiB = 1 << 20
-
-
-@dataclass
-class Running:
-    process: subprocess.Popen[bytes]
-    port: int
-    stderr_path: Path
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        return self.process.wait(TIMEOUT)
-
-
-@contextlib.contextmanager
-def server(argv: list[str], env: Mapping[str, str]) -> Iterator[Running]:
-    """Start ``argv[0] -1 argv[1:]``, wait for its port line, stop it at the end."""
-    with tempfile.NamedTemporaryFile(prefix="stderr-", delete=False) as stderr_file:
-        stderr_path = Path(stderr_file.name)
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(
-            [program(argv[0]), "-1", *argv[1:]],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env=dict(env),
-        )
-    try:
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
-        assert ready, "no readiness line in time"
-        line = process.stdout.readline()
-        assert line.endswith(b"\n"), f"bad readiness line {line!r}; {stderr_path.read_text()}"
-        yield Running(process, int(line), stderr_path)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGABRT)
-            try:
-                process.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(TIMEOUT)
-        if process.stdout is not None:
-            process.stdout.close()
-        stderr_path.unlink(missing_ok=True)
-
-
-def client_context(pki: Pki, *, client_cert: bool = False) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(pki.ca_file))
-    if client_cert:
-        context.load_cert_chain(str(pki.client_pem))
-    return context
-
-
-def connect(port: int, source: str | None = None) -> socket.socket:
-    sock = socket.create_connection(
-        ("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0) if source else None
-    )
-    return sock
-
-
-def tls_connect(
-    port: int,
-    context: ssl.SSLContext,
-    *,
-    server_hostname: str | None = "localhost",
-    session: ssl.SSLSession | None = None,
-    preamble: bytes = b"",
-    source: str | None = None,
-) -> ssl.SSLSocket:
-    sock = connect(port, source)
-    if preamble:
-        sock.sendall(preamble)
-    return context.wrap_socket(sock, server_hostname=server_hostname, session=session)
-
-
-def half_close(tls: ssl.SSLSocket) -> None:
-    """TCP FIN without close_notify and without dropping our TLS read side
-    (``SSLSocket.shutdown`` would): s6's default ``-s`` close mode."""
-    socket.socket.shutdown(tls, socket.SHUT_WR)
-
-
-def read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunk = sock.recv(256 * KiB)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def exchange(port: int, context: ssl.SSLContext, data: bytes, **kwargs: object) -> bytes:
-    """Send ``data``, half-close, return everything received until EOF.
-    Sequential on purpose: one ``SSLSocket`` must not be used from two
-    threads at once. Fine for payloads that fit in the socket and pipe
-    buffers on the way (the echo tests stay at 64 KiB)."""
-    with tls_connect(port, context, **kwargs) as tls:  # type: ignore[arg-type]
-        tls.sendall(data)
-        half_close(tls)
-        return read_all(tls)
-
-
-def parse_env(output: bytes) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in output.decode().splitlines() if "=" in line)
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not reached in time"
-        time.sleep(0.01)
-
+from trio_s6tls.testing import LoopbackPKI
 
 ENV_PROG = ["sh", "-c", "env; exec cat >/dev/null"]
 
@@ -159,14 +51,14 @@ ENV_PROG = ["sh", "-c", "env; exec cat >/dev/null"]
 # -- environment -----------------------------------------------------------
 
 
-def test_environment_complete(pki: Pki) -> None:
+def test_environment_complete(pki: LoopbackPKI, client_cert: ClientCert) -> None:
     """The documented lists: UCSPI server variables + SSL_*; TLS variables gone."""
-    env = pki.env(TLS_UID="", SOMETHING="kept")
+    env = tls_env(pki, TLS_UID="", SOMETHING="kept")
     with (
-        server(
+        running_server(
             ["s6-tlsserver", "-h", "-Y", "-l", "here.example", "127.0.0.1", "0", *ENV_PROG], env
         ) as srv,
-        tls_connect(srv.port, client_context(pki, client_cert=True)) as tls,
+        tls_connect(srv.port, client_context(pki, client_cert.file)) as tls,
     ):
         local_port = tls.getpeername()[1]
         remote_port = tls.getsockname()[1]
@@ -184,12 +76,7 @@ def test_environment_complete(pki: Pki) -> None:
     assert got["SSL_PROTOCOL"] == "TLSv1.3"
     assert got["SSL_CIPHER"].startswith("TLS_")
     assert got["SSL_TLS_SNI_SERVERNAME"] == "localhost"
-    pem = pki.client_pem.read_text()
-    first = pem[
-        pem.index("-----BEGIN CERTIFICATE-----") : pem.index("-----END CERTIFICATE-----") + 25
-    ]
-    client_der = ssl.PEM_cert_to_DER_cert(first)
-    assert got["SSL_PEER_CERT_HASH"] == "SHA256:" + hashlib.sha256(client_der).hexdigest()
+    assert got["SSL_PEER_CERT_HASH"] == "SHA256:" + hashlib.sha256(client_cert.der).hexdigest()
     subject = got["SSL_PEER_CERT_SUBJECT"]
     assert subject.startswith("O=Clients\\, Inc., OU=") and subject.endswith(", CN=test client")
     for name in ("CERTFILE", "KEYFILE", "CAFILE", "TLS_UID"):
@@ -198,15 +85,17 @@ def test_environment_complete(pki: Pki) -> None:
     assert "SSL_ALPN_PROTOCOL" not in got and "SSL_SESSION_RESUMED" not in got
 
 
-def test_keep_env_no_lookup_no_sni(pki: Pki) -> None:
+def test_keep_env_no_lookup_no_sni(pki: LoopbackPKI) -> None:
     """-Z keeps the TLS variables; -H: no host names; no SNI: variable unset."""
-    with server(["s6-tlsserver", "-Z", "-H", "127.0.0.1", "0", *ENV_PROG], pki.env()) as srv:
+    with running_server(
+        ["s6-tlsserver", "-Z", "-H", "127.0.0.1", "0", *ENV_PROG], tls_env(pki)
+    ) as srv:
         context = client_context(pki)
         context.check_hostname = False
         with tls_connect(srv.port, context, server_hostname=None) as tls:
             half_close(tls)
             got = parse_env(read_all(tls))
-    assert got["CERTFILE"] == str(pki.server_pem) and got["CAFILE"] == str(pki.ca_file)
+    assert got["CERTFILE"] == str(pki.server_file) and got["CAFILE"] == str(pki.ca_file)
     assert "TCPREMOTEHOST" not in got and "TCPLOCALHOST" not in got
     assert "SSL_TLS_SNI_SERVERNAME" not in got and "SSL_PEER_CERT_HASH" not in got
 
@@ -228,7 +117,7 @@ printf 'HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n
 """
 
 
-def test_curl_page_big_file_and_parallel(pki: Pki, tmp_path: Path) -> None:
+def test_curl_page_big_file_and_parallel(pki: LoopbackPKI, tmp_path: Path) -> None:
     docroot = tmp_path / "www"
     docroot.mkdir()
     (docroot / "index.html").write_bytes(b"<html><body>hello from s6-tlsserver</body></html>\n")
@@ -237,10 +126,12 @@ def test_curl_page_big_file_and_parallel(pki: Pki, tmp_path: Path) -> None:
     responder = tmp_path / "responder.sh"
     responder.write_text(RESPONDER)
     responder.chmod(0o755)
-    env = pki.env(DOCROOT=str(docroot))
+    env = tls_env(pki, DOCROOT=str(docroot))
     curl = shutil.which("curl")
     assert curl is not None
-    with server(["s6-tlsserver", "-H", "-c", "100", "127.0.0.1", "0", str(responder)], env) as srv:
+    with running_server(
+        ["s6-tlsserver", "-H", "-c", "100", "127.0.0.1", "0", str(responder)], env
+    ) as srv:
         base = f"https://127.0.0.1:{srv.port}"
         common = [curl, "-sS", "--fail", "--cacert", str(pki.ca_file)]
         page = subprocess.run([*common, f"{base}/index.html"], capture_output=True, timeout=TIMEOUT)
@@ -289,11 +180,11 @@ def _reset(port: int) -> None:
     sock.close()
 
 
-def test_concurrent_clients_with_abusers(pki: Pki) -> None:
+def test_concurrent_clients_with_abusers(pki: LoopbackPKI) -> None:
     """100 clients x 64 KiB echo, while 10 others send garbage, stall in the
     handshake (-K 2000) or reset: every good client gets its bytes back."""
     argv = ["s6-tlsserver", "-H", "-K", "2000", "-c", "200", "-C", "200", "127.0.0.1", "0", "cat"]
-    with server(argv, pki.env()) as srv:
+    with running_server(argv, tls_env(pki)) as srv:
         context = client_context(pki)
         payloads = [os.urandom(64 * KiB) for _ in range(100)]
         with ThreadPoolExecutor(max_workers=110) as pool:
@@ -307,39 +198,43 @@ def test_concurrent_clients_with_abusers(pki: Pki) -> None:
         assert "Traceback" not in srv.stderr
 
 
-def test_handshake_failures_are_logged_not_fatal(pki: Pki) -> None:
+def test_handshake_failures_are_logged_not_fatal(pki: LoopbackPKI) -> None:
     argv = ["s6-tlsserver", "-q", "-Q", "-H", "-K", "300", "127.0.0.1", "0", "cat"]
-    with server(argv, pki.env()) as srv:  # -Q after -q: back to warnings
+    with running_server(argv, tls_env(pki)) as srv:  # -Q after -q: back to warnings
         _garbage(srv.port)
         _stall(srv.port)
         assert exchange(srv.port, client_context(pki), b"still fine") == b"still fine"
-        wait_until(lambda: "timed out" in srv.stderr, "handshake timeout logged")
-        lines = srv.stderr.splitlines()
+        lines = srv.wait_stderr("timed out").splitlines()
         assert all(line.startswith("s6-tlsserver: warning: ") for line in lines), lines
 
 
 # -- limits ----------------------------------------------------------------
 
 
-def test_per_ip_limit(pki: Pki) -> None:
+def test_per_ip_limit(pki: LoopbackPKI, resources: contextlib.ExitStack) -> None:
     """-C 2: a third connection from 127.0.0.1 is closed at once; another
-    address still gets in; the count goes down when clients leave."""
+    address still gets in; the count goes down when clients leave (-v: the
+    end of a connection is logged once its slot is free)."""
     prog = ["sh", "-c", "echo $TCPCONNNUM; exec cat"]
-    with server(["s6-tlsserver", "-H", "-C", "2", "127.0.0.1", "0", *prog], pki.env()) as srv:
+    argv = ["s6-tlsserver", "-v", "-H", "-C", "2", "127.0.0.1", "0", *prog]
+    with running_server(argv, tls_env(pki)) as srv:
         context = client_context(pki)
-        first = tls_connect(srv.port, context)
-        second = tls_connect(srv.port, context)
+        first = resources.enter_context(tls_connect(srv.port, context))
+        second = resources.enter_context(tls_connect(srv.port, context))
         assert first.recv(10) == b"1\n" and second.recv(10) == b"2\n"
         with connect(srv.port) as third:
             third.sendall(b"\x16\x03\x01")
             assert read_all(third) == b""
         try:
-            other = tls_connect(srv.port, context, source="127.0.0.2")
+            other = resources.enter_context(tls_connect(srv.port, context, source="127.0.0.2"))
         except OSError:
             raise AssertionError(srv.stderr) from None
         assert other.recv(10) == b"1\n"
+        first_port = first.getsockname()[1]
         first.close()
-        wait_until(lambda: "too many" in srv.stderr, "refusal logged")
+        srv.wait_stderr("too many")
+        # Logged in the same step that frees the slot, before the next accept.
+        srv.wait_stderr(f" end ip 127.0.0.1 port {first_port} ")
 
         def served_again() -> bool:
             try:
@@ -348,7 +243,7 @@ def test_per_ip_limit(pki: Pki) -> None:
             except OSError:  # still refused: the server has not seen the close yet
                 return False
 
-        wait_until(served_again, "slot freed")
+        assert served_again(), "slot freed"
         second.close()
         other.close()
 
@@ -356,7 +251,7 @@ def test_per_ip_limit(pki: Pki) -> None:
 # -- rules, PROXY ------------------------------------------------------------
 
 
-def test_rules_allow_deny_env_exec(pki: Pki, tmp_path: Path) -> None:
+def test_rules_allow_deny_env_exec(pki: LoopbackPKI, tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     allow = rules / "ip4/127.0.0.1_32"
     (allow / "env").mkdir(parents=True)
@@ -369,8 +264,8 @@ def test_rules_allow_deny_env_exec(pki: Pki, tmp_path: Path) -> None:
     execd.mkdir(parents=True)
     (execd / "allow").touch()
     (execd / "exec").write_text("sh -c 'echo from exec; exec cat >/dev/null'\n")
-    env = pki.env(SOMETHING="to be unset")
-    with server(
+    env = tls_env(pki, SOMETHING="to be unset")
+    with running_server(
         ["s6-tlsserver", "-v", "-H", "-i", str(rules), "127.0.0.1", "0", *ENV_PROG], env
     ) as srv:
         context = client_context(pki)
@@ -387,12 +282,14 @@ def test_rules_allow_deny_env_exec(pki: Pki, tmp_path: Path) -> None:
         assert "deny 127.0.0.2" in srv.stderr
 
 
-def test_rules_no_match_is_deny(pki: Pki, tmp_path: Path) -> None:
+def test_rules_no_match_is_deny(pki: LoopbackPKI, tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     (rules / "ip4/10.0.0.0_8").mkdir(parents=True)
     (rules / "ip4/10.0.0.0_8/allow").touch()
     with (
-        server(["s6-tlsserver", "-H", "-i", str(rules), "127.0.0.1", "0", "cat"], pki.env()) as srv,
+        running_server(
+            ["s6-tlsserver", "-H", "-i", str(rules), "127.0.0.1", "0", "cat"], tls_env(pki)
+        ) as srv,
         connect(srv.port) as sock,
     ):
         sock.sendall(b"\x16\x03\x01")
@@ -404,9 +301,9 @@ def _proxy_v2(src: str, dst: str, sport: int, dport: int) -> bytes:
     return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
 
 
-def test_proxy_protocol(pki: Pki) -> None:
+def test_proxy_protocol(pki: LoopbackPKI) -> None:
     argv = ["s6-tlsserver", "-H", "-L", "-t", "500", "127.0.0.1", "0", *ENV_PROG]
-    with server(argv, pki.env()) as srv:
+    with running_server(argv, tls_env(pki)) as srv:
         context = client_context(pki)
         v1 = b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n"
         with tls_connect(srv.port, context, preamble=v1) as tls:
@@ -434,8 +331,8 @@ def test_proxy_protocol(pki: Pki) -> None:
 # -- signals, readiness --------------------------------------------------------
 
 
-def test_readiness_then_sigterm(pki: Pki) -> None:
-    with server(["s6-tlsserver", "-H", "127.0.0.1", "0", "cat"], pki.env()) as srv:
+def test_readiness_then_sigterm(pki: LoopbackPKI) -> None:
+    with running_server(["s6-tlsserver", "-H", "127.0.0.1", "0", "cat"], tls_env(pki)) as srv:
         assert srv.process.stdout is not None
         assert srv.process.stdout.read() == b""  # stdout closed after the line
         assert exchange(srv.port, client_context(pki), b"x") == b"x"
@@ -444,9 +341,9 @@ def test_readiness_then_sigterm(pki: Pki) -> None:
             connect(srv.port)
 
 
-def test_sighup_terminates_children_server_goes_on(pki: Pki) -> None:
+def test_sighup_terminates_children_server_goes_on(pki: LoopbackPKI) -> None:
     prog = ["sh", "-c", "echo ready; exec cat"]
-    with server(["s6-tlsserver", "-H", "127.0.0.1", "0", *prog], pki.env()) as srv:
+    with running_server(["s6-tlsserver", "-H", "127.0.0.1", "0", *prog], tls_env(pki)) as srv:
         context = client_context(pki)
         with tls_connect(srv.port, context) as tls:
             assert tls.recv(10) == b"ready\n"
@@ -459,10 +356,10 @@ def test_sighup_terminates_children_server_goes_on(pki: Pki) -> None:
             assert read_all(tls) == b""
 
 
-def test_sigabrt_kills_children(pki: Pki) -> None:
+def test_sigabrt_kills_children(pki: LoopbackPKI) -> None:
     prog = ["sh", "-c", "trap '' TERM; echo ready; exec cat"]
     with (
-        server(["s6-tlsserver", "-H", "127.0.0.1", "0", *prog], pki.env()) as srv,
+        running_server(["s6-tlsserver", "-H", "127.0.0.1", "0", *prog], tls_env(pki)) as srv,
         tls_connect(srv.port, client_context(pki)) as tls,
     ):
         assert tls.recv(10) == b"ready\n"
@@ -474,10 +371,10 @@ def test_sigabrt_kills_children(pki: Pki) -> None:
 # -- beyond the C tool -----------------------------------------------------------
 
 
-def test_workers_serve_from_two_processes(pki: Pki) -> None:
+def test_workers_serve_from_two_processes(pki: LoopbackPKI) -> None:
     prog = ["sh", "-c", "echo $PPID"]
-    with server(
-        ["s6-tlsserver", "-H", "--workers", "2", "127.0.0.1", "0", *prog], pki.env()
+    with running_server(
+        ["s6-tlsserver", "-H", "--workers", "2", "127.0.0.1", "0", *prog], tls_env(pki)
     ) as srv:
         context = client_context(pki)
         seen: set[bytes] = set()
@@ -490,11 +387,13 @@ def test_workers_serve_from_two_processes(pki: Pki) -> None:
         assert srv.stop(signal.SIGTERM) == 0
 
 
-def test_reload_on_sigusr1(pki: Pki, tmp_path: Path) -> None:
+def test_reload_on_sigusr1(
+    pki: LoopbackPKI, tmp_path: Path, resources: contextlib.ExitStack
+) -> None:
     """New connections get the new certificate; an open one keeps working."""
     certfile = tmp_path / "server.pem"
-    shutil.copy(pki.server_pem, certfile)
-    env = pki.env(CERTFILE=str(certfile), KEYFILE=str(certfile))
+    shutil.copy(pki.server_file, certfile)
+    env = tls_env(pki, CERTFILE=str(certfile), KEYFILE=str(certfile))
     context = client_context(pki)
 
     def served_certificate() -> bytes:
@@ -503,26 +402,27 @@ def test_reload_on_sigusr1(pki: Pki, tmp_path: Path) -> None:
             assert der is not None
             return der
 
-    with server(["s6-tlsserver", "-H", "127.0.0.1", "0", "cat"], env) as srv:
+    with running_server(["s6-tlsserver", "-v", "-H", "127.0.0.1", "0", "cat"], env) as srv:
         before = served_certificate()
-        old = tls_connect(srv.port, context)
+        old = resources.enter_context(tls_connect(srv.port, context))
         old.sendall(b"one ")
         assert old.recv(10) == b"one "
         renewed = pki.ca.issue_cert("localhost", "127.0.0.1", common_name="renewed")
         renewed.private_key_and_cert_chain_pem.write_to_path(str(certfile))
         srv.process.send_signal(signal.SIGUSR1)
-        wait_until(lambda: served_certificate() != before, "new certificate served")
+        srv.wait_stderr("certificates reloaded")
+        assert served_certificate() != before, "new certificate served"
         old.sendall(b"two")
         half_close(old)
         assert read_all(old) == b"two"
         old.close()
         certfile.write_text("garbage")
         srv.process.send_signal(signal.SIGUSR1)
-        wait_until(lambda: "reload failed" in srv.stderr, "failed reload logged")
+        srv.wait_stderr("reload failed")
         assert served_certificate() != before
 
 
-def test_alpn_and_resumption(pki: Pki) -> None:
+def test_alpn_and_resumption(pki: LoopbackPKI) -> None:
     argv = [
         "s6-tlsserver",
         "-H",
@@ -533,7 +433,7 @@ def test_alpn_and_resumption(pki: Pki) -> None:
         "0",
         *ENV_PROG,
     ]
-    with server(argv, pki.env()) as srv:
+    with running_server(argv, tls_env(pki)) as srv:
         context = client_context(pki)
         context.set_alpn_protocols(["http/1.1", "h2"])
         with tls_connect(srv.port, context) as tls:
@@ -549,14 +449,18 @@ def test_alpn_and_resumption(pki: Pki) -> None:
         assert got["SSL_SESSION_RESUMED"] == "1"
 
 
-def test_sni_level_and_mandatory_client_cert(pki: Pki, tmp_path: Path) -> None:
+def test_sni_level_and_mandatory_client_cert(
+    pki: LoopbackPKI, client_cert: ClientCert, tmp_path: Path
+) -> None:
     named = pki.ca.issue_cert("app.example", common_name="app.example")
     named_pem = tmp_path / "app.pem"
     named.private_key_and_cert_chain_pem.write_to_path(str(named_pem))
-    env = pki.env(**{"CERTFILE:app.example": str(named_pem), "KEYFILE:app.example": str(named_pem)})
+    env = tls_env(
+        pki, **{"CERTFILE:app.example": str(named_pem), "KEYFILE:app.example": str(named_pem)}
+    )
     argv = ["s6-tlsserver", "-H", "-k", "1", "-y", "127.0.0.1", "0", *ENV_PROG]
-    with server(argv, env) as srv:
-        context = client_context(pki, client_cert=True)
+    with running_server(argv, env) as srv:
+        context = client_context(pki, client_cert.file)
         with tls_connect(srv.port, context, server_hostname="app.example") as tls:
             half_close(tls)
             got = parse_env(read_all(tls))
@@ -566,7 +470,7 @@ def test_sni_level_and_mandatory_client_cert(pki: Pki, tmp_path: Path) -> None:
         with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
             exchange(srv.port, client_context(pki), b"no client certificate")
     argv = ["s6-tlsserver", "-H", "--mandatory-sni", "127.0.0.1", "0", *ENV_PROG]
-    with server(argv, env) as srv:
+    with running_server(argv, env) as srv:
         context = client_context(pki)
         with tls_connect(srv.port, context, server_hostname="app.example") as tls:
             half_close(tls)
@@ -575,21 +479,21 @@ def test_sni_level_and_mandatory_client_cert(pki: Pki, tmp_path: Path) -> None:
             exchange(srv.port, context, b"")  # SNI localhost: no :NAME pair for it
 
 
-def test_enforce_close_notify_and_verbose_log(pki: Pki) -> None:
+def test_enforce_close_notify_and_verbose_log(pki: LoopbackPKI) -> None:
     argv = ["s6-tlsserver", "-v", "-H", "-J", "127.0.0.1", "0", "cat"]
-    with server(argv, pki.env()) as srv:
+    with running_server(argv, tls_env(pki)) as srv:
         exchange(srv.port, client_context(pki), b"ragged")
-        wait_until(lambda: "close_notify" in srv.stderr, "-J ragged EOF logged")
+        srv.wait_stderr("close_notify")  # -J: the ragged EOF is logged
         assert "SSL_PROTOCOL=TLSv1.3" in srv.stderr
     argv = ["s6-tlsserver", "--verbosity", "2", "-H", "-J", "-j", "127.0.0.1", "0", "cat"]
-    with server(argv, pki.env()) as srv:
+    with running_server(argv, tls_env(pki)) as srv:
         assert exchange(srv.port, client_context(pki), b"ragged") == b"ragged"
         # the end of the connection is logged after the tunnel's own messages
-        wait_until(lambda: " end ip 127.0.0.1 " in srv.stderr, "end of connection logged")
+        srv.wait_stderr(" end ip 127.0.0.1 ")
         assert "close_notify" not in srv.stderr
 
 
-def test_chain_tcpserver_tlsd(pki: Pki) -> None:
+def test_chain_tcpserver_tlsd(pki: LoopbackPKI) -> None:
     """s6-tcpserver ... s6-tlsd prog: the same service built from parts."""
     argv = [
         "s6-tcpserver",
@@ -601,7 +505,7 @@ def test_chain_tcpserver_tlsd(pki: Pki) -> None:
         "-c",
         "echo $SSL_PROTOCOL; exec cat",
     ]
-    with server(argv, pki.env()) as srv:
+    with running_server(argv, tls_env(pki)) as srv:
         assert (
             exchange(srv.port, client_context(pki), b"through the chain")
             == b"TLSv1.3\nthrough the chain"
@@ -626,11 +530,11 @@ def test_chain_tcpserver_tlsd(pki: Pki) -> None:
     ],
 )
 def test_bad_input(
-    pki: Pki, args: list[str], env_extra: dict[str, str], code: int, kind: str, needle: str
+    pki: LoopbackPKI, args: list[str], env_extra: dict[str, str], code: int, kind: str, needle: str
 ) -> None:
     result = subprocess.run(
         [program("s6-tlsserver"), *args],
-        env=pki.env(**env_extra),
+        env=tls_env(pki, **env_extra),
         capture_output=True,
         timeout=TIMEOUT,
     )
@@ -649,13 +553,15 @@ def test_help_and_version() -> None:
         assert result.returncode == 0 and b"s6-tlsserver" in result.stdout
 
 
-def test_close_notify_modes(pki: Pki) -> None:
+def test_close_notify_modes(pki: LoopbackPKI) -> None:
     """prog ends: with -S the client reads a close_notify, with -s (default)
     a TCP FIN alone, which a strict client reports as a ragged EOF."""
     context = client_context(pki)
     prog = ["sh", "-c", "echo bye"]
     for flags, clean in ((["-S"], True), (["-S", "-s"], False), ([], False)):
-        with server(["s6-tlsserver", *flags, "-H", "127.0.0.1", "0", *prog], pki.env()) as srv:
+        with running_server(
+            ["s6-tlsserver", *flags, "-H", "127.0.0.1", "0", *prog], tls_env(pki)
+        ) as srv:
             sock = connect(srv.port)
             with context.wrap_socket(
                 sock, server_hostname="localhost", suppress_ragged_eofs=False
@@ -668,14 +574,14 @@ def test_close_notify_modes(pki: Pki) -> None:
                         tls.recv(10)
 
 
-def test_banner_before_handshake_quiet_and_identity(pki: Pki) -> None:
+def test_banner_before_handshake_quiet_and_identity(pki: LoopbackPKI) -> None:
     """-B is sent in cleartext first; -q silences per-connection warnings;
     -u/-g/-G set prog's identity (as root); -P, -z are accepted defaults."""
     prog = ["sh", "-c", "id -u; id -G"]
     argv = ["s6-tlsserver", "-q", "-P", "-z", "-B", "220 ready\r\n", "-H"]
     if os.geteuid() == 0:
         argv += ["-u", "65534", "-g", "65534", "-G", "65534"]
-    with server([*argv, "127.0.0.1", "0", *prog], pki.env()) as srv:
+    with running_server([*argv, "127.0.0.1", "0", *prog], tls_env(pki)) as srv:
         sock = connect(srv.port)
         banner = b""
         while not banner.endswith(b"\r\n"):
@@ -690,16 +596,24 @@ def test_banner_before_handshake_quiet_and_identity(pki: Pki) -> None:
         assert srv.stderr == ""
 
 
-def test_sigterm_lets_open_connections_finish(pki: Pki) -> None:
+def test_sigterm_lets_open_connections_finish(
+    pki: LoopbackPKI, resources: contextlib.ExitStack
+) -> None:
     """Our TLS tunnels live in the server process: SIGTERM stops accepting at
     once, and the server exits when the last open connection has ended (the
-    C tool's per-connection processes would likewise outlive it)."""
-    with server(["s6-tlsserver", "-H", "127.0.0.1", "0", "cat"], pki.env()) as srv:
-        tls = tls_connect(srv.port, client_context(pki))
+    C tool's per-connection processes would likewise outlive it). -c 1
+    keeps a second client in the kernel's backlog, unaccepted: closing the
+    listener resets it, which is how we see that the listener is closed."""
+    with running_server(
+        ["s6-tlsserver", "-H", "-c", "1", "127.0.0.1", "0", "cat"], tls_env(pki)
+    ) as srv:
+        tls = resources.enter_context(tls_connect(srv.port, client_context(pki)))
         tls.sendall(b"before ")
         assert tls.recv(10) == b"before "
+        queued = resources.enter_context(connect(srv.port))  # the kernel completes it
         srv.process.send_signal(signal.SIGTERM)
-        wait_until(lambda: _refused(srv.port), "listener closed")
+        assert closed_by_server(queued), "listener closed"
+        assert _refused(srv.port)
         assert srv.process.poll() is None
         tls.sendall(b"after")
         half_close(tls)
@@ -716,20 +630,22 @@ def _refused(port: int) -> bool:
     return False
 
 
-def test_missing_prog_costs_one_connection(pki: Pki) -> None:
-    with server(["s6-tlsserver", "-H", "127.0.0.1", "0", "/nonexistent/prog"], pki.env()) as srv:
+def test_missing_prog_costs_one_connection(pki: LoopbackPKI) -> None:
+    with running_server(
+        ["s6-tlsserver", "-H", "127.0.0.1", "0", "/nonexistent/prog"], tls_env(pki)
+    ) as srv:
         for _ in range(2):
             assert exchange(srv.port, client_context(pki), b"x") == b""
         assert srv.process.poll() is None
         assert "unable to spawn /nonexistent/prog" in srv.stderr
 
 
-def test_ipv6_loopback(pki: Pki) -> None:
+def test_ipv6_loopback(pki: LoopbackPKI) -> None:
     try:
         socket.create_server(("::1", 0), family=socket.AF_INET6).close()
     except OSError:
         pytest.skip("no IPv6 loopback here")
-    with server(["s6-tlsserver", "-H", "::1", "0", *ENV_PROG], pki.env()) as srv:
+    with running_server(["s6-tlsserver", "-H", "::1", "0", *ENV_PROG], tls_env(pki)) as srv:
         raw = socket.create_connection(("::1", srv.port), timeout=TIMEOUT)
         with client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls:
             half_close(tls)
@@ -740,7 +656,7 @@ def test_ipv6_loopback(pki: Pki) -> None:
 # -- the library under the programs ---------------------------------------------
 
 
-async def test_serve_reports_each_connection(pki: Pki) -> None:
+async def test_serve_reports_each_connection(pki: LoopbackPKI) -> None:
     """serve() in process: a ConnectionRecord per ended connection, refused
     and failed ones included; stop_accepting() returns once all have ended."""
     import functools
@@ -754,9 +670,9 @@ async def test_serve_reports_each_connection(pki: Pki) -> None:
     options = TLSOptions(verbosity=0, handshake_timeout_ms=2000)
     config = ServerConfig(
         argv=["sh", "-c", "cat; exit 3"],
-        context=server_context(pki.env(), options),
+        context=server_context(tls_env(pki), options),
         tls_options=options,
-        base_env=pki.env(),
+        base_env=tls_env(pki),
         max_per_ip=1,
         remote_lookup=False,
     )
@@ -795,15 +711,15 @@ async def test_serve_reports_each_connection(pki: Pki) -> None:
 
 
 @pytest.mark.parametrize("chain", [False, True], ids=["s6-tlsclient", "s6-tcpclient+s6-tlsc"])
-def test_our_clients_against_us(pki: Pki, chain: bool) -> None:
+def test_our_clients_against_us(pki: LoopbackPKI, chain: bool) -> None:
     """Echo through s6-tlsclient (or s6-tcpclient ... s6-tlsc), both
     environments as the program page lists them."""
     server_prog = ["sh", "-c", 'env > "$OUT"; exec cat']
     client_prog = ["sh", "-c", "echo ping >&7; exec 7>&-; cat <&6; env"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "server-env"
-        env = pki.env(OUT=str(out))
-        with server(["s6-tlsserver", "-H", "127.0.0.1", "0", *server_prog], env) as srv:
+        env = tls_env(pki, OUT=str(out))
+        with running_server(["s6-tlsserver", "-H", "127.0.0.1", "0", *server_prog], env) as srv:
             if chain:
                 argv = [program("s6-tcpclient"), "-H", "127.0.0.1", str(srv.port)]
                 argv += [program("s6-tlsc"), "-k", "localhost", *client_prog]
@@ -822,7 +738,8 @@ def test_our_clients_against_us(pki: Pki, chain: bool) -> None:
             lines = result.stdout.decode().splitlines()
             assert lines[0] == "ping"
             client_env = parse_env("\n".join(lines[1:]).encode())
-            wait_until(lambda: out.exists() and out.stat().st_size > 0, "server env written")
+            # prog wrote it before its cat echoed our ping: no wait
+            assert out.exists() and out.stat().st_size > 0, "server env written"
             server_env = parse_env(out.read_bytes())
     assert client_env["SSL_PROTOCOL"] == server_env["SSL_PROTOCOL"] == "TLSv1.3"
     assert client_env["SSL_CIPHER"] == server_env["SSL_CIPHER"]
@@ -835,13 +752,13 @@ def test_our_clients_against_us(pki: Pki, chain: bool) -> None:
     assert server_env["TCPCONNNUM"] == "1" and "TCPCONNNUM" not in client_env
 
 
-def test_keylog_and_min_version(pki: Pki, tmp_path: Path) -> None:
+def test_keylog_and_min_version(pki: LoopbackPKI, tmp_path: Path) -> None:
     """SSLKEYLOGFILE (research) gets the session secrets; --min-version 1.3
     refuses a TLS 1.2-only client."""
     keylog = tmp_path / "keys.log"
-    env = pki.env(SSLKEYLOGFILE=str(keylog))
+    env = tls_env(pki, SSLKEYLOGFILE=str(keylog))
     argv = ["s6-tlsserver", "-H", "--min-version", "1.3", "127.0.0.1", "0", "cat"]
-    with server(argv, env) as srv:
+    with running_server(argv, env) as srv:
         assert exchange(srv.port, client_context(pki), b"secret") == b"secret"
         assert "CLIENT_HANDSHAKE_TRAFFIC_SECRET" in keylog.read_text()
         old_client = client_context(pki)

@@ -16,8 +16,21 @@ from pathlib import Path
 
 import pytest
 import trustme
-from _wrapper_util import EXAMPLES, TIMEOUT, finish, parse_env, reaped, receive_all, tls_client
-from conftest import Pki, program, spawn
+from support import (
+    EXAMPLES,
+    TIMEOUT,
+    ClientCert,
+    finish,
+    parse_env,
+    program,
+    reaped,
+    receive_all,
+    spawn,
+    tls_client,
+    tls_env,
+)
+
+from trio_s6tls.testing import LoopbackPKI
 
 SERVER_EXAMPLE = [sys.executable, str(EXAMPLES / "smtp_starttls_server.py")]
 CLIENT_EXAMPLE = [sys.executable, str(EXAMPLES / "smtp_starttls_client.py")]
@@ -38,7 +51,7 @@ def accept_from(argv: list[str]) -> tuple[subprocess.Popen[bytes], socket.socket
     return client, connection
 
 
-def test_example_server_with_openssl_starttls_smtp(pki: Pki) -> None:
+def test_example_server_with_openssl_starttls_smtp(pki: LoopbackPKI) -> None:
     client, connection = accept_from(
         ["openssl", "s_client", "-starttls", "smtp", "-connect", "127.0.0.1:{port}", "-crlf", "-quiet",
          "-CAfile", str(pki.ca_file), "-verify_return_error", "-servername", "localhost"]
@@ -47,7 +60,7 @@ def test_example_server_with_openssl_starttls_smtp(pki: Pki) -> None:
         server = spawn(
             ["s6-ucspitlsd", "-S", "-v", "2", "--", *SERVER_EXAMPLE],
             {0: connection.fileno(), 1: connection.fileno()},
-            pki.env(),
+            tls_env(pki),
         )
         connection.close()
         with reaped(server):
@@ -87,13 +100,13 @@ def plain_dialogue(sock: socket.socket, *commands: bytes) -> list[bytes]:
 
 
 def test_declined_path_keeps_the_cleartext_session(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     client, connection = tcp_pair
     server = spawn(
         ["s6-ucspitlsd", "-v2", "--", *SERVER_EXAMPLE, "--decline"],
         {0: connection.fileno(), 1: connection.fileno()},
-        pki.env(),
+        tls_env(pki),
     )
     connection.close()
     with reaped(server):
@@ -130,7 +143,7 @@ report.write("".join(f"{k}={v}\\n" for k, v in os.environ.items()))
 )
 @pytest.mark.parametrize("keep", [False, True], ids=["z", "Z"])
 def test_control_socket_commands(
-    pki: Pki,
+    pki: LoopbackPKI,
     tcp_pair: tuple[socket.socket, socket.socket],
     tmp_path: Path,
     command: str,
@@ -143,7 +156,7 @@ def test_control_socket_commands(
     server = spawn(
         ["s6-ucspitlsd", *flags, "--", sys.executable, "-c", CONTROL_SCRIPT, str(report), command],
         {0: connection.fileno(), 1: connection.fileno()},
-        pki.env(),
+        tls_env(pki),
     )
     connection.close()
     with reaped(server):
@@ -163,7 +176,7 @@ def test_control_socket_commands(
 
 
 def run_example_pair(
-    pki: Pki,
+    pki: LoopbackPKI,
     tcp_pair: tuple[socket.socket, socket.socket],
     client_env: dict[str, str],
     server_args: tuple[str, ...] = (),
@@ -173,7 +186,7 @@ def run_example_pair(
     server = spawn(
         ["s6-ucspitlsd", "-v2", *server_args, "--", *SERVER_EXAMPLE],
         {0: server_sock.fileno(), 1: server_sock.fileno()},
-        pki.env(),
+        tls_env(pki),
     )
     client = spawn(
         ["s6-ucspitlsc", "-v2", *client_args, "--", *CLIENT_EXAMPLE],
@@ -190,9 +203,9 @@ def run_example_pair(
 
 
 def test_example_client_against_example_server(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
-    client, out, client_err, server_err = run_example_pair(pki, tcp_pair, pki.env())
+    client, out, client_err, server_err = run_example_pair(pki, tcp_pair, tls_env(pki))
     assert client.returncode == 0, (client_err, server_err)
     text = out.decode()
     assert "S: 250-STARTTLS" in text and "S: 220 2.0.0 Ready to start TLS" in text
@@ -215,7 +228,7 @@ def server_reported(text: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("server_args", "client_args", "client_cert"),
+    ("server_args", "client_args", "send_cert"),
     [
         (("-y", "-k", "1"), ("-y", "-s", "-k", "localhost"), True),
         (
@@ -229,16 +242,17 @@ def server_reported(text: str) -> dict[str, str]:
     ids=["y-k", "long-forms", "Y-J-S", "j-s-K"],
 )
 def test_example_pair_tls_options(
-    pki: Pki,
+    pki: LoopbackPKI,
+    client_cert: ClientCert,
     tcp_pair: tuple[socket.socket, socket.socket],
     server_args: tuple[str, ...],
     client_args: tuple[str, ...],
-    client_cert: bool,
+    send_cert: bool,
 ) -> None:
     """The shared TLS options, on both UCSPI-TLS programs: client
     certificates (-y/-Y both sides), SNI (-k), close modes (-S/-s, -J/-j)
     and -K, seen from what the example server reports."""
-    env = pki.env(**pki.client_cert_env) if client_cert else pki.env()
+    env = tls_env(pki, **client_cert.env) if send_cert else tls_env(pki)
     client, out, client_err, server_err = run_example_pair(
         pki, tcp_pair, env, server_args, client_args
     )
@@ -246,16 +260,16 @@ def test_example_pair_tls_options(
     assert b"fatal" not in client_err + server_err  # each -J saw the other's -S
     seen = server_reported(out.decode())
     assert seen["SSL_TLS_SNI_SERVERNAME"] == "localhost"
-    if client_cert:
+    if send_cert:
         assert seen["SSL_PEER_CERT_SUBJECT"] == "O=Clients\\, Inc., OU=QA, CN=test client"
     else:
         assert "SSL_PEER_CERT_HASH" not in seen
 
 
 def test_ucspitlsd_mandatory_client_cert_refuses_a_client_without_one(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
-    client, _, _, server_err = run_example_pair(pki, tcp_pair, pki.env(), ("-y",))
+    client, _, _, server_err = run_example_pair(pki, tcp_pair, tls_env(pki), ("-y",))
     assert client.returncode == 1
     assert (
         b"s6-ucspitlsd: fatal: unable to complete TLS handshake: peer did not return a certificate"
@@ -265,7 +279,7 @@ def test_ucspitlsd_mandatory_client_cert_refuses_a_client_without_one(
 
 @pytest.mark.parametrize("keep", ["-Z", "-z"])
 def test_ucspitlsc_keep_env(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path, keep: str
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path, keep: str
 ) -> None:
     """prog declines TLS at once (exits): only its environment matters."""
     client_sock, _server_sock = tcp_pair
@@ -273,7 +287,7 @@ def test_ucspitlsc_keep_env(
     client = spawn(
         ["s6-ucspitlsc", keep, "--", "sh", "-c", f'env > "{seen}"'],
         {6: client_sock.fileno(), 7: client_sock.fileno()},
-        pki.env(),
+        tls_env(pki),
     )
     client_sock.close()
     with reaped(client):
@@ -285,7 +299,7 @@ def test_ucspitlsc_keep_env(
 
 
 def test_ucspitlsc_handshake_timeout(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     """The server side never answers: -K ends the engine, prog sees EOF."""
     client_sock, _silent = tcp_pair
@@ -293,7 +307,7 @@ def test_ucspitlsc_handshake_timeout(
     client = spawn(
         ["s6-ucspitlsc", "-K", "300", "--", "bash", "-c", prog],  # dash: no fds > 9
         {6: client_sock.fileno(), 7: client_sock.fileno()},
-        pki.env(),
+        tls_env(pki),
         stdout=subprocess.PIPE,
     )
     client_sock.close()
@@ -304,11 +318,11 @@ def test_ucspitlsc_handshake_timeout(
 
 
 def test_example_client_sees_a_failed_handshake(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     stranger = tmp_path / "stranger.pem"
     trustme.CA().cert_pem.write_to_path(str(stranger))
-    client, _, client_err, _ = run_example_pair(pki, tcp_pair, pki.env(CAFILE=str(stranger)))
+    client, _, client_err, _ = run_example_pair(pki, tcp_pair, tls_env(pki, CAFILE=str(stranger)))
     assert client.returncode == 1
     assert b"smtp_starttls_client: fatal: TLS handshake failed" in client_err
     assert b"s6-ucspitlsc: fatal: " in client_err  # the engine says why
@@ -337,13 +351,13 @@ trio.run(main, sys.argv[1] == "Y")
 
 @pytest.mark.parametrize("command", ["Y", "y"])
 def test_trio_helper_under_ucspitlsd(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], command: str
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], command: str
 ) -> None:
     client, connection = tcp_pair
     server = spawn(
         ["s6-ucspitlsd", "--", sys.executable, "-c", TRIO_SERVER, command],
         {0: connection.fileno(), 1: connection.fileno()},
-        pki.env(),
+        tls_env(pki),
     )
     connection.close()
     with reaped(server):
@@ -418,13 +432,13 @@ print(variables["SSL_PROTOCOL"], b"250 TLS on" in replies)
 
 
 def test_ucspitlsc_with_moved_network_fds(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     client_sock, server_sock = tcp_pair
     server = spawn(
         ["s6-ucspitlsd", "--", *SERVER_EXAMPLE],
         {0: server_sock.fileno(), 1: server_sock.fileno()},
-        pki.env(),
+        tls_env(pki),
     )
     client = spawn(
         [
@@ -442,7 +456,7 @@ def test_ucspitlsc_with_moved_network_fds(
             "3",
         ],
         {3: client_sock.fileno()},
-        pki.env(),
+        tls_env(pki),
         stdout=subprocess.PIPE,
     )
     client_sock.close()
@@ -456,19 +470,19 @@ def test_ucspitlsc_with_moved_network_fds(
 
 
 def test_ucspitlsc_started_with_stdin_and_stdout_closed(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     client_sock, server_sock = tcp_pair
     server = spawn(
         ["s6-ucspitlsd", "--", *SERVER_EXAMPLE],
         {0: server_sock.fileno(), 1: server_sock.fileno()},
-        pki.env(),
+        tls_env(pki),
     )
     client = spawn(
         ["sh", "-c", 'exec 0<&- 1>&- "$0" -k localhost -- "$@"', program("s6-ucspitlsc"),
          sys.executable, "-c", MOVED_FDS_CLIENT + "\nprint('done', file=sys.stderr)\n", "6"],
         {6: client_sock.fileno(), 7: client_sock.fileno()},
-        pki.env(),
+        tls_env(pki),
     )  # fmt: skip
     client_sock.close()
     server_sock.close()

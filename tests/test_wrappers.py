@@ -21,35 +21,40 @@ from pathlib import Path
 
 import pytest
 import trustme
-from _wrapper_util import (
+from support import (
     TIMEOUT,
+    TLS_CONFIGURATION,
+    ClientCert,
+    MiB,
     finish,
     first_certificate_der,
     parse_env,
+    program,
     read_line_matching,
     reaped,
     sh,
+    sni_pem,
+    spawn,
     tls_client,
+    tls_env,
 )
-from conftest import Pki, program, spawn
 
-MiB = 1 << 20
-
-TLS_CONFIGURATION = ("CADIR", "CAFILE", "CERTFILE", "KEYFILE", "TLS_UID", "TLS_GID")
+from trio_s6tls.testing import LoopbackPKI
 
 
-def server_env(pki: Pki, **extra: str) -> dict[str, str]:
+def server_env(pki: LoopbackPKI, **extra: str) -> dict[str, str]:
     """Every TLS variable set (so we can see which ones prog gets), a stale
     SSL_PEER_CERT_HASH (it must be unset for prog), a UCSPI variable that
     must pass through."""
     identity = str(os.getuid()), str(os.getgid())
-    return pki.env(
-        CADIR=str(pki.dir),
+    return tls_env(
+        pki,
+        CADIR=str(pki.ca_file.parent),
         TLS_UID=identity[0],
         TLS_GID=identity[1],
         **{
-            "KEYFILE:other.example": str(pki.server_pem),
-            "CERTFILE:other.example": str(pki.server_pem),
+            "KEYFILE:other.example": str(pki.server_file),
+            "CERTFILE:other.example": str(pki.server_file),
         },
         SSL_PEER_CERT_HASH="stale",
         PROTO="TCP",
@@ -73,7 +78,7 @@ def tlsd_prog_report(report: Path) -> list[str]:
 
 
 def run_tlsd_under_listener(
-    pki: Pki, prog: list[str], flags: list[str], env: dict[str, str], client_argv: list[str]
+    pki: LoopbackPKI, prog: list[str], flags: list[str], env: dict[str, str], client_argv: list[str]
 ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], bytes, bytes, bytes]:
     """Accept one connection from ``client_argv`` (which gets ``{port}``
     filled in) and run s6-tlsd + prog on it. Returns both processes and the
@@ -99,7 +104,7 @@ def run_tlsd_under_listener(
     return tlsd, client, out, err, tlsd_err
 
 
-def s_client(pki: Pki, *extra: str) -> list[str]:
+def s_client(pki: LoopbackPKI, *extra: str) -> list[str]:
     return [
         "openssl", "s_client", "-connect", "127.0.0.1:{port}", "-CAfile", str(pki.ca_file),
         "-verify_return_error", "-ign_eof", "-quiet", *extra,
@@ -107,7 +112,9 @@ def s_client(pki: Pki, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize("keep", [False, True], ids=["default-z", "Z"])
-def test_tlsd_with_openssl_s_client_env_and_pid(pki: Pki, tmp_path: Path, keep: bool) -> None:
+def test_tlsd_with_openssl_s_client_env_and_pid(
+    pki: LoopbackPKI, tmp_path: Path, keep: bool
+) -> None:
     report = tmp_path / "report"
     flags = ["-Z"] if keep else ["-z"]
     env = server_env(pki)
@@ -132,7 +139,7 @@ def test_tlsd_with_openssl_s_client_env_and_pid(pki: Pki, tmp_path: Path, keep: 
             assert name not in seen, name
 
 
-def test_tlsd_without_sni_unsets_the_variable(pki: Pki, tmp_path: Path) -> None:
+def test_tlsd_without_sni_unsets_the_variable(pki: LoopbackPKI, tmp_path: Path) -> None:
     report = tmp_path / "report"
     env = server_env(pki, SSL_TLS_SNI_SERVERNAME="stale")
     tlsd, _, out, err, tlsd_err = run_tlsd_under_listener(
@@ -143,7 +150,7 @@ def test_tlsd_without_sni_unsets_the_variable(pki: Pki, tmp_path: Path) -> None:
 
 
 def start_pair(
-    pki: Pki,
+    pki: LoopbackPKI,
     tcp_pair: tuple[socket.socket, socket.socket],
     client_prog: list[str],
     server_prog: list[str],
@@ -161,12 +168,12 @@ def start_pair(
     tlsd = spawn(
         ["s6-tlsd", *server_flags, "--", *server_prog],
         {0: server.fileno(), 1: server.fileno()},
-        server_env_ or pki.env(),
+        server_env_ or tls_env(pki),
     )
     tlsc = spawn(
         ["s6-tlsc", *client_flags, *moved, "--", *client_prog],
         {client_fds[0]: client.fileno(), client_fds[1]: client.fileno()},
-        client_env or pki.env(),
+        client_env or tls_env(pki),
         stdout=subprocess.PIPE,
     )
     client.close()
@@ -175,7 +182,7 @@ def start_pair(
 
 
 def test_multi_mib_echo_is_byte_exact_with_moved_fds(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     payload = os.urandom(4 * MiB + 123)
     (tmp_path / "payload").write_bytes(payload)
@@ -197,7 +204,7 @@ def test_multi_mib_echo_is_byte_exact_with_moved_fds(
 
 
 def test_half_close_full_reply_arrives(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     # The server prog answers only after EOF on its stdin: the request's end.
     server_prog = sh('n=$(wc -c); echo "got $n bytes"; head -c 2000000 /dev/zero')
@@ -213,9 +220,12 @@ def test_half_close_full_reply_arrives(
 
 
 def test_client_certificate_seen_by_server_prog(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pki: LoopbackPKI,
+    client_cert: ClientCert,
+    tcp_pair: tuple[socket.socket, socket.socket],
+    tmp_path: Path,
 ) -> None:
-    client_env = pki.env(CERTFILE=str(pki.client_pem), KEYFILE=str(pki.client_pem))
+    client_env = tls_env(pki, **client_cert.env)
     server_prog = sh('env > "$1"', str(tmp_path / "server.env"))
     client_prog = sh("cat <&6; env | grep -E '^(SSL_|CERTFILE=)'")
     tlsc, tlsd = start_pair(
@@ -227,27 +237,27 @@ def test_client_certificate_seen_by_server_prog(
         _, server_err = finish(tlsd)
     assert tlsc.returncode == 0 and tlsd.returncode == 0, (client_err, server_err)
     seen = parse_env((tmp_path / "server.env").read_text())
-    expected_hash = "SHA256:" + hashlib.sha256(first_certificate_der(pki.client_pem)).hexdigest()
+    expected_hash = "SHA256:" + hashlib.sha256(first_certificate_der(client_cert.file)).hexdigest()
     assert seen["SSL_PEER_CERT_HASH"] == expected_hash
     subject = seen["SSL_PEER_CERT_SUBJECT"]  # the OU is the fixture's business; "," escaped
     assert subject.startswith("O=Clients\\, Inc., OU="), subject
     assert subject.endswith(", CN=test client"), subject
     client_seen = parse_env(out.decode())
-    assert client_seen["CERTFILE"] == str(pki.client_pem)  # -Z
+    assert client_seen["CERTFILE"] == str(client_cert.file)  # -Z
     assert client_seen["SSL_TLS_SNI_SERVERNAME"] == "localhost"
-    server_hash = "SHA256:" + hashlib.sha256(first_certificate_der(pki.server_pem)).hexdigest()
+    server_hash = "SHA256:" + hashlib.sha256(first_certificate_der(pki.server_file)).hexdigest()
     assert client_seen["SSL_PEER_CERT_HASH"] == server_hash
 
 
 def test_handshake_failure_prog_never_starts(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     stranger = tmp_path / "stranger.pem"
     trustme.CA().cert_pem.write_to_path(str(stranger))
     client_marker, server_marker = tmp_path / "client-ran", tmp_path / "server-ran"
     tlsc, tlsd = start_pair(
         pki, tcp_pair, sh('touch "$1"', str(client_marker)), sh('touch "$1"', str(server_marker)),
-        client_env=pki.env(CAFILE=str(stranger)),
+        client_env=tls_env(pki, CAFILE=str(stranger)),
     )  # fmt: skip
     with reaped(tlsc, tlsd):
         _, client_err = finish(tlsc)
@@ -272,10 +282,10 @@ def test_configuration_error_is_the_engines_code(
     assert err.decode().count("\n") == 1 and err.startswith(b"s6-tlsd: fatal: ")
 
 
-def openssl_s_server(pki: Pki, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+def openssl_s_server(pki: LoopbackPKI, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
     server = subprocess.Popen(
         ["openssl", "s_server", "-accept", "127.0.0.1:0", "-naccept", "1",
-         "-cert", str(pki.server_pem), "-key", str(pki.server_pem), *extra],
+         "-cert", str(pki.server_file), "-key", str(pki.server_file), *extra],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     line = read_line_matching(server.stdout, b"ACCEPT")
@@ -283,7 +293,9 @@ def openssl_s_server(pki: Pki, *extra: str) -> tuple[subprocess.Popen[bytes], in
 
 
 @pytest.mark.parametrize("fds", [(6, 7), (0, 1), (5, 9)], ids=["6-7", "-6 0 -7 1", "-6 5 -7 9"])
-def test_tlsc_against_openssl_s_server(pki: Pki, fds: tuple[int, int], tmp_path: Path) -> None:
+def test_tlsc_against_openssl_s_server(
+    pki: LoopbackPKI, fds: tuple[int, int], tmp_path: Path
+) -> None:
     server, port = openssl_s_server(pki, "-rev")
     with reaped(server):
         sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
@@ -296,7 +308,7 @@ def test_tlsc_against_openssl_s_server(pki: Pki, fds: tuple[int, int], tmp_path:
         tlsc = spawn(
             ["s6-tlsc", "-k", "localhost", *moved, "--", *prog],
             {fds[0]: sock.fileno(), fds[1]: sock.fileno()},
-            pki.env(),
+            tls_env(pki),
             stdout=subprocess.PIPE,
         )
         sock.close()
@@ -308,14 +320,14 @@ def test_tlsc_against_openssl_s_server(pki: Pki, fds: tuple[int, int], tmp_path:
     assert lines[1].startswith("SSL_PROTOCOL=TLSv1.")
 
 
-def test_wrong_servername_fails_the_handshake(pki: Pki) -> None:
+def test_wrong_servername_fails_the_handshake(pki: LoopbackPKI) -> None:
     server, port = openssl_s_server(pki)
     with reaped(server):
         sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         tlsc = spawn(
             ["s6-tlsc", "-k", "wrong.example", "true"],
             {6: sock.fileno(), 7: sock.fileno()},
-            pki.env(),
+            tls_env(pki),
         )
         sock.close()
         with reaped(tlsc):
@@ -324,7 +336,7 @@ def test_wrong_servername_fails_the_handshake(pki: Pki) -> None:
 
 
 def test_prog_exiting_early_does_not_hang(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     (tmp_path / "big").write_bytes(os.urandom(3 * MiB))
     # The server prog reads 10 bytes, answers them and leaves; the client
@@ -342,7 +354,7 @@ def test_prog_exiting_early_does_not_hang(
 
 
 def test_prog_closing_only_its_output(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     payload = os.urandom(MiB)
     (tmp_path / "payload").write_bytes(payload)
@@ -360,14 +372,14 @@ def test_prog_closing_only_its_output(
 
 
 def test_peer_reset_mid_stream(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     """A reset ends the tunnel at once (111, said on stderr): prog's input
     ends, and what it writes afterwards fails with EPIPE — here sh dies of
     the SIGPIPE, as it would writing to any dead connection."""
     client, server = tcp_pair
     prog = sh('cat >/dev/null; echo "stdin ended" >&2; echo more')
-    tlsd = spawn(["s6-tlsd", *prog], {0: server.fileno(), 1: server.fileno()}, pki.env())
+    tlsd = spawn(["s6-tlsd", *prog], {0: server.fileno(), 1: server.fileno()}, tls_env(pki))
     server.close()
     with reaped(tlsd):
         tls = tls_client(client, pki.ca_file)
@@ -385,7 +397,7 @@ def test_peer_reset_mid_stream(
 
 
 def test_prog_gets_blocking_fds_and_default_sigpipe(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     script = tmp_path / "check.py"
     script.write_text(
@@ -440,11 +452,11 @@ def test_usage_errors_are_one_line(argv: list[str], code: int) -> None:
     assert proc.stderr.startswith(f"{argv[0]}: usage: ".encode())
 
 
-def test_unopened_network_fd_is_a_clear_error(pki: Pki) -> None:
+def test_unopened_network_fd_is_a_clear_error(pki: LoopbackPKI) -> None:
     proc = subprocess.run(
         [program("s6-tlsc"), "-6", "42", "-7", "42", "true"],
         capture_output=True,
-        env=pki.env(),
+        env=tls_env(pki),
         timeout=TIMEOUT,
     )
     assert proc.returncode == 111
@@ -452,7 +464,7 @@ def test_unopened_network_fd_is_a_clear_error(pki: Pki) -> None:
 
 
 def test_unexecutable_prog_is_a_clear_error(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     tlsc, tlsd = start_pair(pki, tcp_pair, ["/nonexistent/prog"], ["cat"], client_fds=(6, 7))
     with reaped(tlsc, tlsd):
@@ -495,16 +507,13 @@ def test_help_version_and_usage_import_neither_trio_nor_ssl(module: str) -> None
 
 
 @pytest.fixture(scope="module")
-def other_pem(pki: Pki) -> Path:
+def other_pem(pki: LoopbackPKI) -> Path:
     """A second server identity, for SNI: other.example."""
-    path = pki.dir / "other.pem"
-    if not path.exists():
-        pki.ca.issue_cert("other.example").private_key_and_cert_chain_pem.write_to_path(str(path))
-    return path
+    return sni_pem(pki, "other.example")
 
 
 def run_reporting_pair(
-    pki: Pki,
+    pki: LoopbackPKI,
     tcp_pair: tuple[socket.socket, socket.socket],
     client_flags: list[str],
     server_flags: list[str],
@@ -542,7 +551,7 @@ def run_reporting_pair(
     )
 
 
-def test_alpn_both_sides(pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+def test_alpn_both_sides(pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket]) -> None:
     c, d, server, client, _, _ = run_reporting_pair(
         pki, tcp_pair, ["-k", "localhost", "--alpn", "h2,http/1.1"], ["--alpn", "http/1.1"]
     )
@@ -560,7 +569,7 @@ def test_alpn_both_sides(pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
     ids=["client-min-1.3", "client-max-1.2-ciphers", "server-max-1.2"],
 )
 def test_versions_and_ciphers(
-    pki: Pki,
+    pki: LoopbackPKI,
     tcp_pair: tuple[socket.socket, socket.socket],
     client_flags: list[str],
     server_flags: list[str],
@@ -578,7 +587,7 @@ def test_versions_and_ciphers(
 
 
 def test_version_mismatch_fails_both(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     c, d, server, client, _, serr = run_reporting_pair(
         pki, tcp_pair, ["-k", "localhost", "--max-version", "1.2"], ["--min-version", "1.3"]
@@ -587,12 +596,12 @@ def test_version_mismatch_fails_both(
 
 
 def test_no_verify_cert(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     stranger = tmp_path / "stranger.pem"
     trustme.CA().cert_pem.write_to_path(str(stranger))
     c, d, _, client, cerr, _ = run_reporting_pair(
-        pki, tcp_pair, ["--no-verify-cert"], [], client_env=pki.env(CAFILE=str(stranger))
+        pki, tcp_pair, ["--no-verify-cert"], [], client_env=tls_env(pki, CAFILE=str(stranger))
     )
     assert (c, d) == (0, 0), cerr
     assert client["SSL_PEER_CERT_HASH"].startswith("SHA256:")
@@ -609,14 +618,15 @@ def test_no_verify_cert(
     ids=["Y-Y", "y-Y", "Y-y", "long-forms"],
 )
 def test_client_certificate_policies(
-    pki: Pki,
+    pki: LoopbackPKI,
+    client_cert: ClientCert,
     tcp_pair: tuple[socket.socket, socket.socket],
     client_flags: list[str],
     server_flags: list[str],
     server_code: int,
     peer_cert: bool,
 ) -> None:
-    client_env = pki.env(CERTFILE=str(pki.client_pem), KEYFILE=str(pki.client_pem))
+    client_env = tls_env(pki, **client_cert.env)
     _, d, server, _, _, serr = run_reporting_pair(
         pki, tcp_pair, ["-k", "localhost", *client_flags], server_flags, client_env=client_env
     )
@@ -639,15 +649,15 @@ def test_client_certificate_policies(
     ids=["k0", "k1", "sni-default", "mandatory-unknown", "k2-known"],
 )
 def test_sni_levels(
-    pki: Pki,
+    pki: LoopbackPKI,
     tcp_pair: tuple[socket.socket, socket.socket],
     other_pem: Path,
     server_flags: list[str],
     servername: str,
     ok: bool,
 ) -> None:
-    env = pki.env(
-        **{"KEYFILE:other.example": str(other_pem), "CERTFILE:other.example": str(other_pem)}
+    env = tls_env(
+        pki, **{"KEYFILE:other.example": str(other_pem), "CERTFILE:other.example": str(other_pem)}
     )
     c, d, server, _, cerr, serr = run_reporting_pair(
         pki, tcp_pair, ["-k", servername], server_flags, client_env=env, server_env_=env
@@ -670,7 +680,7 @@ def test_sni_levels(
     ids=["s-J", "S-J", "long-forms", "s-j"],
 )
 def test_close_notify_modes(
-    pki: Pki,
+    pki: LoopbackPKI,
     tcp_pair: tuple[socket.socket, socket.socket],
     server_flags: list[str],
     client_flags: list[str],
@@ -686,7 +696,7 @@ def test_close_notify_modes(
 
 
 def test_client_close_notify_is_seen_by_enforcing_server(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     # The client's -S: its prog's early EOF becomes a close_notify, so the
     # server's -J has nothing to complain about (the client then discards
@@ -697,7 +707,9 @@ def test_client_close_notify_is_seen_by_enforcing_server(
     assert "s6-tlsd: fatal: peer closed the connection without a close_notify" in serr, serr
 
 
-def run_reporting_pair_plain(pki: Pki) -> tuple[int, int, dict[str, str], dict[str, str], str, str]:
+def run_reporting_pair_plain(
+    pki: LoopbackPKI,
+) -> tuple[int, int, dict[str, str], dict[str, str], str, str]:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname()[:2])
         server, _ = listener.accept()
@@ -706,7 +718,7 @@ def run_reporting_pair_plain(pki: Pki) -> tuple[int, int, dict[str, str], dict[s
 
 
 def test_verbosity_2_logs_the_handshake(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     _, d, _, _, _, serr = run_reporting_pair(pki, tcp_pair, ["-k", "localhost"], ["-v", "2"])
     assert d == 0
@@ -714,14 +726,14 @@ def test_verbosity_2_logs_the_handshake(
 
 
 def test_handshake_timeout(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     client, server = tcp_pair  # the client never says a word
     marker = tmp_path / "ran"
     tlsd = spawn(
         ["s6-tlsd", "-K", "300", "touch", str(marker)],
         {0: server.fileno(), 1: server.fileno()},
-        pki.env(),
+        tls_env(pki),
     )
     server.close()
     with reaped(tlsd):
@@ -732,7 +744,7 @@ def test_handshake_timeout(
 
 
 def test_prog_closing_only_its_input(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
 ) -> None:
     (tmp_path / "request").write_bytes(os.urandom(MiB))
     # The server stops reading at once but answers 2 MB; the client sends a
@@ -750,10 +762,12 @@ def test_prog_closing_only_its_input(
 
 
 def test_tlsc_started_with_stdin_and_stdout_closed(
-    pki: Pki, tcp_pair: tuple[socket.socket, socket.socket]
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket]
 ) -> None:
     client, server = tcp_pair
-    tlsd = spawn(["s6-tlsd", *sh("head -n 1")], {0: server.fileno(), 1: server.fileno()}, pki.env())
+    tlsd = spawn(
+        ["s6-tlsd", *sh("head -n 1")], {0: server.fileno(), 1: server.fileno()}, tls_env(pki)
+    )
     server.close()
     prog = "echo hi >&7; head -n 1 <&6 >&2"
     tlsc = spawn(
@@ -765,7 +779,7 @@ def test_tlsc_started_with_stdin_and_stdout_closed(
             prog,
         ],
         {3: client.fileno()},
-        pki.env(),
+        tls_env(pki),
     )
     client.close()
     with reaped(tlsc, tlsd):
