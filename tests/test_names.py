@@ -18,6 +18,7 @@ under ``CI=true``.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -67,9 +68,9 @@ class TinyDNS:
         self.questions: list[tuple[str, str]] = []
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.bind((host, port))
-        self._socket.settimeout(0.1)
         self.address = self._socket.getsockname()
-        self._stop = threading.Event()
+        # close() wakes the thread through this pipe: no timeout to re-check a flag.
+        self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -77,16 +78,19 @@ class TinyDNS:
         self.records.setdefault(name.lower(), {}).setdefault(rdtype, []).extend(texts)
 
     def close(self) -> None:
-        self._stop.set()
+        os.write(self._stop_w, b"x")
         self._thread.join(TIMEOUT)
         self._socket.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
 
     def _serve(self) -> None:
-        while not self._stop.is_set():
+        while True:
+            ready, _, _ = select.select([self._socket, self._stop_r], [], [])
+            if self._stop_r in ready:
+                return
             try:
                 data, peer = self._socket.recvfrom(4096)
-            except TimeoutError:
-                continue
             except OSError:
                 return
             try:

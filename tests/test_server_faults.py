@@ -261,6 +261,8 @@ async def test_rules_lookup_runs_off_the_loop_under_the_timeout(
             )
 
             async def tick() -> None:
+                # A heartbeat, not a wait: it counts how often the loop got
+                # to run while the lookup was stuck in its thread.
                 nonlocal ticks
                 while True:
                     await trio.sleep(0.05)
