@@ -785,15 +785,17 @@ def verbose_log_case(program: str, opts: Sequence[str]) -> Run:
     def run(tools: Tools, world: World) -> Observation:
         obs = Observation()
         tls = program == "s6-tlsserver"
-        with Server(server_argv(tools, program, opts), world.server_env()) as srv:
+        with Server(server_argv(tools, program, opts, "linger"), world.server_env()) as srv:
             assert srv.port, srv.proc.stderr()
             conn = Conn(world, srv.port, tls=tls)
             until = deadline()
             try:
                 conn.start(until)
                 report = conn.report(until)
-                while conn.line(until):
-                    pass
+                conn.send(b"go\n", until)
+                conn.line(until)
+                if conn.peer:  # the client ends first (see the module's docstring)
+                    conn.peer.close_notify(until)
             finally:
                 conn.close()
             srv.proc.wait_stderr("end pid", deadline(NEGATIVE_WAIT))
