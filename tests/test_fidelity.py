@@ -131,7 +131,7 @@ DOCUMENTED_DIFFERENCES: dict[str, Documented] = {
         doc="docs/migration.rst#what-changes, the program's page (issue 11 asks for it there)",
     ),
     "s6-tlsserver/env/-Y-untrusted-ca": Documented(
-        fields=("handshake", "server cert", "env"),
+        fields=("handshake", "server cert", "env", "after"),
         c="-Y accepts a client certificate from an unknown CA: hash exported, subject unset",
         ours="the handshake fails: Python's ssl cannot request a certificate without verifying it",
         reason="the standard library cannot request a certificate without verifying it (issue 11 row 9)",
@@ -152,7 +152,7 @@ DOCUMENTED_DIFFERENCES: dict[str, Documented] = {
         doc="docs/migration.rst#what-changes (TLS library)",
     ),
     "s6-tlsserver/ours-only/--workers": Documented(
-        fields=("start", "stderr", "handshake", "server cert", "env"),
+        fields=("start", "stderr", "handshake", "server cert", "env", "after"),
         c="no such option: usage, 100",
         ours="two processes share the port",
         reason="ours, beyond the C tools",
