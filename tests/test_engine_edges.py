@@ -16,6 +16,7 @@ Rules: loopback only, port 0; every wait bounded; no sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import select
@@ -244,13 +245,17 @@ def echo_once(pki: LoopbackPKI, port: int, limit: float) -> None:
         assert tls.recv(5) == b"ping\n"
 
 
-def test_clients_that_stop_reading_free_their_slots(pki: LoopbackPKI) -> None:
+def test_clients_that_stop_reading_free_their_slots(
+    pki: LoopbackPKI, resources: contextlib.ExitStack
+) -> None:
     """Three clients send 1 MB to cat behind -c 3 and leave without reading
     the echo: their slots come back, a fourth client is served, SIGTERM
     completes."""
     with running_server(["s6-tlsserver", "-c", "3", "127.0.0.1", "0", "cat"], tls_env(pki)) as srv:
         for how in ("close", "reset", "close"):
-            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+            sock = resources.enter_context(
+                socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+            )
             peer = BioPeer(sock.fileno(), sock.fileno(), python_client_context(pki.ca_file))
             peer.handshake()
             push_without_reading(sock, peer, 1_000_000)
@@ -261,7 +266,9 @@ def test_clients_that_stop_reading_free_their_slots(pki: LoopbackPKI) -> None:
         assert srv.stop(signal.SIGTERM, timeout=5) == 0
 
 
-def test_chain_leaves_no_engine_or_prog_behind(pki: LoopbackPKI) -> None:
+def test_chain_leaves_no_engine_or_prog_behind(
+    pki: LoopbackPKI, resources: contextlib.ExitStack
+) -> None:
     """s6-tcpserver … s6-tlsd cat, a client that sends until the pipeline is
     full (8 MB or so) and leaves: the engine child and cat end by
     themselves. They hold the server's stderr, so its EOF after the
@@ -269,7 +276,9 @@ def test_chain_leaves_no_engine_or_prog_behind(pki: LoopbackPKI) -> None:
     argv = ["s6-tcpserver", "127.0.0.1", "0", program("s6-tlsd"), "cat"]
     with running_server(argv, tls_env(pki)) as srv:
         assert srv.log is not None
-        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+        sock = resources.enter_context(
+            socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+        )
         peer = BioPeer(sock.fileno(), sock.fileno(), python_client_context(pki.ca_file))
         peer.handshake()
         sent = push_without_reading(sock, peer, 32_000_000)

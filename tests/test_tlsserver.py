@@ -559,19 +559,21 @@ def test_close_notify_modes(pki: LoopbackPKI) -> None:
     context = client_context(pki)
     prog = ["sh", "-c", "echo bye"]
     for flags, clean in ((["-S"], True), (["-S", "-s"], False), ([], False)):
-        with running_server(
-            ["s6-tlsserver", *flags, "-H", "127.0.0.1", "0", *prog], tls_env(pki)
-        ) as srv:
-            sock = connect(srv.port)
-            with context.wrap_socket(
+        with (
+            running_server(
+                ["s6-tlsserver", *flags, "-H", "127.0.0.1", "0", *prog], tls_env(pki)
+            ) as srv,
+            connect(srv.port) as sock,
+            context.wrap_socket(
                 sock, server_hostname="localhost", suppress_ragged_eofs=False
-            ) as tls:
-                assert tls.recv(10) == b"bye\n"
-                if clean:
-                    assert tls.recv(10) == b""
-                else:
-                    with pytest.raises(ssl.SSLEOFError):
-                        tls.recv(10)
+            ) as tls,
+        ):
+            assert tls.recv(10) == b"bye\n"
+            if clean:
+                assert tls.recv(10) == b""
+            else:
+                with pytest.raises(ssl.SSLEOFError):
+                    tls.recv(10)
 
 
 def test_banner_before_handshake_quiet_and_identity(pki: LoopbackPKI) -> None:
@@ -582,14 +584,16 @@ def test_banner_before_handshake_quiet_and_identity(pki: LoopbackPKI) -> None:
     if os.geteuid() == 0:
         argv += ["-u", "65534", "-g", "65534", "-G", "65534"]
     with running_server([*argv, "127.0.0.1", "0", *prog], tls_env(pki)) as srv:
-        sock = connect(srv.port)
-        banner = b""
-        while not banner.endswith(b"\r\n"):
-            banner += sock.recv(1)
-        assert banner == b"220 ready\r\n"
-        with client_context(pki).wrap_socket(sock, server_hostname="localhost") as tls:
-            half_close(tls)
-            ids = read_all(tls).split()
+        with connect(srv.port) as sock:
+            banner = b""
+            while not banner.endswith(b"\r\n"):
+                byte = sock.recv(1)  # bounded by the socket's timeout
+                assert byte, f"EOF after {banner!r}"
+                banner += byte
+            assert banner == b"220 ready\r\n"
+            with client_context(pki).wrap_socket(sock, server_hostname="localhost") as tls:
+                half_close(tls)
+                ids = read_all(tls).split()
         if os.geteuid() == 0:
             assert ids == [b"65534", b"65534"]
         _garbage(srv.port)  # logged before the close, if it were logged at all
@@ -645,11 +649,13 @@ def test_ipv6_loopback(pki: LoopbackPKI) -> None:
         socket.create_server(("::1", 0), family=socket.AF_INET6).close()
     except OSError:
         pytest.skip("no IPv6 loopback here")
-    with running_server(["s6-tlsserver", "-H", "::1", "0", *ENV_PROG], tls_env(pki)) as srv:
-        raw = socket.create_connection(("::1", srv.port), timeout=TIMEOUT)
-        with client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls:
-            half_close(tls)
-            got = parse_env(read_all(tls))
+    with (
+        running_server(["s6-tlsserver", "-H", "::1", "0", *ENV_PROG], tls_env(pki)) as srv,
+        socket.create_connection(("::1", srv.port), timeout=TIMEOUT) as raw,
+        client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        half_close(tls)
+        got = parse_env(read_all(tls))
     assert got["TCPLOCALIP"] == "::1" and got["TCPREMOTEIP"] == "::1"
 
 

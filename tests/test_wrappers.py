@@ -382,12 +382,11 @@ def test_peer_reset_mid_stream(
     tlsd = spawn(["s6-tlsd", *prog], {0: server.fileno(), 1: server.fileno()}, tls_env(pki))
     server.close()
     with reaped(tlsd):
-        tls = tls_client(client, pki.ca_file)
-        tls.sendall(b"ping\n")
-        # RST: linger 0, then close with the tunnel in full swing.
-        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        tls.sendall(b"x" * 100000)
-        tls.close()
+        with tls_client(client, pki.ca_file) as tls:
+            tls.sendall(b"ping\n")
+            # RST: linger 0, then close with the tunnel in full swing.
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            tls.sendall(b"x" * 100000)
         _, err = finish(tlsd)
     assert tlsd.returncode == -signal.SIGPIPE, err
     lines = err.decode().splitlines()
