@@ -1,7 +1,9 @@
 """The package's layers (docs/design.rst): a module imports only from its
 own layer or the ones below, at module level or inside a function alike.
 The facade (``trio_s6tls/__init__.py``) re-exports from every layer and
-is exempt. And no module grows past 600 lines.
+is exempt. And no module grows past 600 lines. The tests have a layering
+of their own: helpers in support.py, fixtures in conftest.py, and no test
+module imports another.
 
 Pure: reads the sources, imports nothing.
 """
@@ -106,3 +108,21 @@ def test_the_checker_sees_upward_imports() -> None:
     assert upward_imports(cli, "from ..testing import LoopbackPKI\n") == ["testing (testing)"]
     assert upward_imports(cli, "from ._options import CLOSE\n") == []  # its own layer
     assert upward_imports(engine, "from ._records import RECORD_SIZE\n") == []
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize("path", sorted(TESTS.glob("test_*.py")), ids=lambda path: path.name)
+def test_test_modules_import_no_other_test_module(path: Path) -> None:
+    """The tests' own layering: shared helpers live in tests/support.py,
+    fixtures in tests/conftest.py; a test module imports neither conftest
+    nor another test module."""
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imported.add(node.module.split(".")[0])
+    wrong = sorted(name for name in imported if name == "conftest" or name.startswith("test_"))
+    assert not wrong, f"{path.name} imports {wrong}"
