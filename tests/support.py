@@ -246,12 +246,11 @@ class PipeLog:
         with self._changed:
             return self._data.decode(errors="replace")
 
-    def lines(self) -> list[str]:
-        return self.text.splitlines()
-
     def _wait(self, found: Callable[[], object], what: str, timeout: float) -> object:
+        """``found()`` once it is true (re-checked on each chunk), or fail at
+        EOF or after ``timeout`` seconds."""
         with self._changed:
-            result = self._changed.wait_for(lambda: found() or self._eof, timeout)
+            self._changed.wait_for(lambda: found() or self._eof, timeout)
             result = found()
             if not result:
                 state = "EOF" if self._eof else f"nothing in {timeout} s"
@@ -388,15 +387,12 @@ class ClientCert:
         """CERTFILE/KEYFILE for a client that sends it (-y)."""
         return {"CERTFILE": str(self.file), "KEYFILE": str(self.file)}
 
-    @property
-    def hash(self) -> str:
-        """SSL_PEER_CERT_HASH of a peer presenting it."""
-        return "SHA256:" + hashlib.sha256(self.der).hexdigest()
-
 
 def issue_client_cert(
     ca: trustme.CA, path: Path, common_name: str, *, organization: str, unit: str
 ) -> ClientCert:
+    """A client certificate from ``ca`` with the subject ``O=organization,
+    OU=unit, CN=common_name``, written (key and chain) to ``path``."""
     issued = ca.issue_cert(
         "client.example",
         common_name=common_name,
