@@ -965,7 +965,7 @@ class Row:
     case: str
     c: Observation
     ours: Observation
-    verdict: str  # same, documented, DIFFERENT
+    verdict: str  # same, documented, KNOWN GAP (an open issue row), DIFFERENT
     differing: tuple[str, ...]
 
 
@@ -1000,7 +1000,10 @@ class Table:
             lines.append(f"{case:<{widths[0]}}  {verdict:<{widths[1]}}  C:    {c}")
             if ours != "=":
                 lines.append(f"{'':<{widths[0]}}  {'':<{widths[1]}}  ours: {ours}")
-        counts = {v: sum(r.verdict == v for r in rows) for v in ("same", "documented", "DIFFERENT")}
+        counts = {
+            v: sum(r.verdict == v for r in rows)
+            for v in ("same", "documented", "KNOWN GAP", "DIFFERENT")
+        }
         summary = ", ".join(f"{n} {v}" for v, n in counts.items())
         return "\n".join(lines) + f"\n\n{len(rows)} cases: {summary}\n"
 
