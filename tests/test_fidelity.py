@@ -204,229 +204,120 @@ class Gap:
 #: case id -> the issue-11 row still open. Such a case is expected to differ (xfail);
 #: once it matches C it fails until removed from here. Listed 2026-12-02 from the
 #: CI run of main: the fixes made for these rows were lost before they landed.
+_CONNNUM = "row 1: TCPCONNNUM counts this connection too"
+_CONNNUM_NAMES = "rows 1 and 11: TCPCONNNUM counts this connection too; host names by libc, without the final dot"
+_ZERO_HASH = "row 8: the all-zero SSL_PEER_CERT_HASH is not wired"
+_LONG_NAMES = "row 4: C long option names missing"
+_CONNNUM_SLOT = "row 1: TCPCONNNUM counts this connection too; the -c slot is freed when the connection ends, not when prog exits"
+_EXEC_RULE = "row 2: an exec rule keeps TLS"
+_CDB = "row 3: -x is not wired to the CDB reader yet"
+_BROKEN_ENTRY = "a broken rules entry is not reported as C reports it"
+_LOG_WORDING = "row 12: -v log wording, engine pid"
+_USAGE_WORDING = "usage: where C says fatal: (not decided or documented yet)"
+_CHECKED_AT_START = "configuration checked at start, C at the first handshake: not documented yet"
+_ACCESS_OPTIONS = "access options accepted by s6-tcpserver: not documented yet"
+_IP_LITERAL_NAMES = (
+    "rows 5 and 11: SSL_TLS_SNI_SERVERNAME exported for an IP literal; host names by libc"
+)
+_NAMES = "row 11: host names by libc (/etc/hosts always), without the final dot"
+_MISSING_FILE = "row 6: a missing CAFILE/CADIR/CERTFILE is 96, C 111"
+_SAME_FDS = "-6 equal to -7: 111 where C says 100"
+_UCSPI_AT_START = "UCSPI-TLS configuration errors: ours fails at start, C at STARTTLS (exit 3): not documented yet"
+_GROUPS = "row 10: TLS_UID/TLS_GID keep a supplementary group"
+
 KNOWN_GAPS: dict[str, Gap] = {
-    "s6-tlsserver/env/-H": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
-    "s6-tlsserver/env/default": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
-    "s6-tlsserver/env/tls-vars-default": Gap(
-        ("env", "tls vars"),
-        "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot",
-    ),
-    "s6-tlsserver/env/tls-vars--Z": Gap(
-        ("env", "tls vars"),
-        "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot",
-    ),
-    "s6-tlsserver/env/-h": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
-    "s6-tlsserver/env/-H-l": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
-    "s6-tlsserver/env/sni-sent": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
-    "s6-tlsserver/env/-Y-no-cert": Gap(
-        ("env",), "row 8: the all-zero SSL_PEER_CERT_HASH is not wired"
-    ),
-    "s6-tlsserver/env/-Y-cert": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
-    "s6-tlsserver/env/-y-cert": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
-    "s6-tlsserver/env/-Y-spaced-subject": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
-    "s6-tlsserver/sni/-k1-name": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
-    "s6-tlsserver/sni/-k1-no-name": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
-    "s6-tlsserver/sni/-k2-name": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
+    "s6-tlsserver/env/-H": Gap(("env",), _CONNNUM),
+    "s6-tlsserver/env/default": Gap(("env",), _CONNNUM_NAMES),
+    "s6-tlsserver/env/tls-vars-default": Gap(("env", "tls vars"), _CONNNUM),
+    "s6-tlsserver/env/tls-vars--Z": Gap(("env", "tls vars"), _CONNNUM),
+    "s6-tlsserver/env/-h": Gap(("env",), _CONNNUM_NAMES),
+    "s6-tlsserver/env/-H-l": Gap(("env",), _CONNNUM),
+    "s6-tlsserver/env/sni-sent": Gap(("env",), _CONNNUM),
+    "s6-tlsserver/env/-Y-no-cert": Gap(("env",), _ZERO_HASH),
+    "s6-tlsserver/env/-Y-cert": Gap(("env",), _CONNNUM),
+    "s6-tlsserver/env/-y-cert": Gap(("env",), _CONNNUM),
+    "s6-tlsserver/env/-Y-spaced-subject": Gap(("env",), _CONNNUM),
+    "s6-tlsserver/sni/-k1-name": Gap(("env",), _CONNNUM),
+    "s6-tlsserver/sni/-k1-no-name": Gap(("env",), _CONNNUM),
+    "s6-tlsserver/sni/-k2-name": Gap(("env",), _CONNNUM),
     "s6-tlsserver/long-options/--no-dns": Gap(
-        ("start", "handshake", "server cert", "env", "after", "stderr"),
-        "row 4: C long option names missing",
+        ("start", "handshake", "server cert", "env", "after", "stderr"), _LONG_NAMES
     ),
     "s6-tlsserver/long-options/--client-cert": Gap(
-        ("start", "handshake", "server cert", "env", "after", "stderr"),
-        "row 4: C long option names missing",
+        ("start", "handshake", "server cert", "env", "after", "stderr"), _LONG_NAMES
     ),
     "s6-tlsserver/long-options/--notify--normally-verbose": Gap(
-        ("start", "stdout", "stdout closed after", "SIGTERM"), "row 4: C long option names missing"
+        ("start", "stdout", "stdout closed after", "SIGTERM"), _LONG_NAMES
     ),
-    "s6-tlsserver/tcpconnnum/3-concurrent": Gap(
-        ("TCPCONNNUM",),
-        "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot",
-    ),
+    "s6-tlsserver/tcpconnnum/3-concurrent": Gap(("TCPCONNNUM",), _CONNNUM),
     "s6-tlsserver/-c/1": Gap(
-        ("second, after first's prog exited", "second, after first closed"),
-        "rows 1 and 11: TCPCONNNUM counts this connection; the -c slot is freed when the connection ends, not when prog exits",
+        ("second, after first's prog exited", "second, after first closed"), _CONNNUM_SLOT
     ),
-    "s6-tlsserver/rules/-i-allow-env": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
-    "s6-tlsserver/rules/-i-exec": Gap(
-        ("handshake", "cleartext", "over TLS"), "row 2: an exec rule keeps TLS"
-    ),
-    "s6-tlsserver/rules/-x-allow-env": Gap(
-        ("start", "handshake", "env", "server", "stderr"),
-        "row 3: -x is not wired to the CDB reader yet",
-    ),
-    "s6-tlsserver/rules/-x-deny": Gap(
-        ("start", "handshake", "server", "stderr"), "row 3: -x is not wired to the CDB reader yet"
-    ),
-    "s6-tlsserver/rules/-x-no-entry": Gap(
-        ("start", "handshake", "server", "stderr"), "row 3: -x is not wired to the CDB reader yet"
-    ),
+    "s6-tlsserver/rules/-i-allow-env": Gap(("env",), _CONNNUM),
+    "s6-tlsserver/rules/-i-exec": Gap(("handshake", "cleartext", "over TLS"), _EXEC_RULE),
+    "s6-tlsserver/rules/-x-allow-env": Gap(("start", "handshake", "env", "server", "stderr"), _CDB),
+    "s6-tlsserver/rules/-x-deny": Gap(("start", "handshake", "server", "stderr"), _CDB),
+    "s6-tlsserver/rules/-x-no-entry": Gap(("start", "handshake", "server", "stderr"), _CDB),
     "s6-tlsserver/rules/-x-exec": Gap(
-        ("start", "handshake", "cleartext", "server", "stderr"),
-        "row 3: -x is not wired to the CDB reader yet",
+        ("start", "handshake", "cleartext", "server", "stderr"), _CDB
     ),
-    "s6-tlsserver/rules/-i-broken-entry": Gap(
-        ("stderr",), "a broken rules entry is not reported as C reports it"
-    ),
-    "s6-tlsserver/-v/log": Gap(("log",), "row 12: -v log wording, engine pid"),
-    "s6-tlsserver/error/unknown-option": Gap(
-        ("stderr",), "usage: where C says fatal: (not decided or documented yet)"
-    ),
-    "s6-tlsserver/error/-c-not-a-number": Gap(
-        ("stderr",), "usage: where C says fatal: (not decided or documented yet)"
-    ),
-    "s6-tlsserver/error/no-CERTFILE": Gap(
-        ("start", "handshake"),
-        "configuration checked at start, C at the first handshake: not documented yet",
-    ),
-    "s6-tlsserver/error/bad-TLS_UID": Gap(
-        ("start", "handshake"),
-        "configuration checked at start, C at the first handshake: not documented yet",
-    ),
-    "s6-tcpserver/env/default": Gap(
-        ("env",), "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot"
-    ),
-    "s6-tcpserver/tcpconnnum/3-concurrent": Gap(
-        ("TCPCONNNUM",),
-        "rows 1 and 11: TCPCONNNUM counts this connection; names by libc, no final dot",
-    ),
-    "s6-tcpserver/-c/1": Gap(
-        ("second, after first's prog exited",),
-        "row 1: TCPCONNNUM counts this connection",
-    ),
-    "s6-tcpserver/-v/log": Gap(("log",), "row 12: -v log wording, engine pid"),
-    "s6-tcpserver/options/-H-is-s6-tcpserver-access's": Gap(
-        ("start", "stderr"), "access options accepted by s6-tcpserver: not documented yet"
-    ),
-    "s6-tlsclient/env/ip-literal-lookups": Gap(
-        ("env",), "rows 5 and 11: name lookups by libc, SNI variable for an IP literal"
-    ),
-    "s6-tlsclient/env/-h": Gap(
-        ("env",), "rows 5 and 11: name lookups by libc, SNI variable for an IP literal"
-    ),
-    "s6-tlsclient/name/-h-localhost": Gap(
-        ("env",), "rows 5 and 11: name lookups by libc, SNI variable for an IP literal"
-    ),
+    "s6-tlsserver/rules/-i-broken-entry": Gap(("stderr",), _BROKEN_ENTRY),
+    "s6-tlsserver/-v/log": Gap(("log",), _LOG_WORDING),
+    "s6-tlsserver/error/unknown-option": Gap(("stderr",), _USAGE_WORDING),
+    "s6-tlsserver/error/-c-not-a-number": Gap(("stderr",), _USAGE_WORDING),
+    "s6-tlsserver/error/no-CERTFILE": Gap(("start", "handshake"), _CHECKED_AT_START),
+    "s6-tlsserver/error/bad-TLS_UID": Gap(("start", "handshake"), _CHECKED_AT_START),
+    "s6-tcpserver/env/default": Gap(("env",), _CONNNUM_NAMES),
+    "s6-tcpserver/tcpconnnum/3-concurrent": Gap(("TCPCONNNUM",), _CONNNUM),
+    "s6-tcpserver/-c/1": Gap(("second, after first's prog exited",), _CONNNUM),
+    "s6-tcpserver/-v/log": Gap(("log",), _LOG_WORDING),
+    "s6-tcpserver/options/-H-is-s6-tcpserver-access's": Gap(("start", "stderr"), _ACCESS_OPTIONS),
+    "s6-tlsclient/env/ip-literal-lookups": Gap(("env",), _IP_LITERAL_NAMES),
+    "s6-tlsclient/env/-h": Gap(("env",), _IP_LITERAL_NAMES),
+    "s6-tlsclient/name/-h-localhost": Gap(("env",), _NAMES),
     "s6-tlsclient/name/localhost-no-hosts": Gap(
-        ("exit", "stderr", "handshake", "SNI received", "env", "after"),
-        "rows 5 and 11: name lookups by libc, SNI variable for an IP literal",
+        ("exit", "stderr", "handshake", "SNI received", "env", "after"), _NAMES
     ),
     "s6-tlsclient/long-options/--no-dns--servername=": Gap(
-        ("handshake", "SNI received", "env", "after", "exit", "stderr"),
-        "row 4: C long option names missing",
+        ("handshake", "SNI received", "env", "after", "exit", "stderr"), _LONG_NAMES
     ),
     "s6-tlsclient/long-options/--verify-cert": Gap(
-        ("handshake", "SNI received", "env", "after", "exit", "stderr"),
-        "row 4: C long option names missing",
+        ("handshake", "SNI received", "env", "after", "exit", "stderr"), _LONG_NAMES
     ),
-    "s6-tlsclient/error/CAFILE-missing-file": Gap(
-        ("exit",), "row 6: a missing CAFILE/CADIR/CERTFILE is 96, C 111"
-    ),
-    "s6-tlsclient/error/-y-CERTFILE-missing-file": Gap(
-        ("exit",), "row 6: a missing CAFILE/CADIR/CERTFILE is 96, C 111"
-    ),
-    "s6-tlsclient/error/-K-not-a-number": Gap(
-        ("stderr",), "usage: where C says fatal: (not decided or documented yet)"
-    ),
-    "s6-tcpclient/env/default": Gap(
-        ("env",), "rows 5 and 11: name lookups by libc, SNI variable for an IP literal"
-    ),
-    "s6-tcpclient/env/-h": Gap(
-        ("env",), "rows 5 and 11: name lookups by libc, SNI variable for an IP literal"
-    ),
-    "s6-tcpclient/error/bad-port": Gap(
-        ("stderr",), "usage: where C says fatal: (not decided or documented yet)"
-    ),
-    "s6-tlsd/env/-Y-no-cert": Gap(("env",), "row 8: the all-zero SSL_PEER_CERT_HASH is not wired"),
-    "s6-tlsd/error/-Y-CAFILE-missing-file": Gap(
-        ("exit",), "row 6: a missing CAFILE/CADIR/CERTFILE is 96, C 111"
-    ),
-    "s6-tlsd/error/-K-not-a-number": Gap(
-        ("stderr",), "usage: where C says fatal: (not decided or documented yet)"
-    ),
-    "s6-tlsc/error/CAFILE-missing-file": Gap(
-        ("exit",), "row 6: a missing CAFILE/CADIR/CERTFILE is 96, C 111"
-    ),
-    "s6-tlsc/error/-y-CERTFILE-missing-file": Gap(
-        ("exit",), "row 6: a missing CAFILE/CADIR/CERTFILE is 96, C 111"
-    ),
-    "s6-tlsc/error/-6-equals--7": Gap(("exit",), "-6 equal to -7: 111 where C says 100"),
+    "s6-tlsclient/error/CAFILE-missing-file": Gap(("exit",), _MISSING_FILE),
+    "s6-tlsclient/error/-y-CERTFILE-missing-file": Gap(("exit",), _MISSING_FILE),
+    "s6-tlsclient/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
+    "s6-tcpclient/env/default": Gap(("env",), _NAMES),
+    "s6-tcpclient/env/-h": Gap(("env",), _NAMES),
+    "s6-tcpclient/error/bad-port": Gap(("stderr",), _USAGE_WORDING),
+    "s6-tlsd/env/-Y-no-cert": Gap(("env",), _ZERO_HASH),
+    "s6-tlsd/error/-Y-CAFILE-missing-file": Gap(("exit",), _MISSING_FILE),
+    "s6-tlsd/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
+    "s6-tlsc/error/CAFILE-missing-file": Gap(("exit",), _MISSING_FILE),
+    "s6-tlsc/error/-y-CERTFILE-missing-file": Gap(("exit",), _MISSING_FILE),
+    "s6-tlsc/error/-6-equals--7": Gap(("exit",), _SAME_FDS),
     "s6-tlsc/long-options/--read-fd=--write-fd=": Gap(
-        ("handshake", "SNI received", "env", "after", "exit", "stderr"),
-        "row 4: C long option names missing",
+        ("handshake", "SNI received", "env", "after", "exit", "stderr"), _LONG_NAMES
     ),
-    "s6-ucspitlsd/env/-Y-no-cert": Gap(
-        ("block",), "row 8: the all-zero SSL_PEER_CERT_HASH is not wired"
-    ),
-    "s6-ucspitlsd/error/no-CERTFILE": Gap(
-        ("exit",),
-        "UCSPI-TLS configuration errors: ours fails at start, C at STARTTLS (exit 3): not documented yet",
-    ),
-    "s6-ucspitlsd/error/garbage-KEYFILE": Gap(
-        ("exit",),
-        "UCSPI-TLS configuration errors: ours fails at start, C at STARTTLS (exit 3): not documented yet",
-    ),
-    "s6-ucspitlsd/error/-Y-CAFILE-missing-file": Gap(
-        ("exit",),
-        "UCSPI-TLS configuration errors: ours fails at start, C at STARTTLS (exit 3): not documented yet",
-    ),
-    "s6-ucspitlsd/error/bad-TLS_UID": Gap(
-        ("exit",),
-        "UCSPI-TLS configuration errors: ours fails at start, C at STARTTLS (exit 3): not documented yet",
-    ),
-    "s6-ucspitlsd/-v2/accepted": Gap(("log",), "row 12: -v log wording, engine pid"),
-    "s6-ucspitlsd/-v2/declined": Gap(("log",), "row 12: -v log wording, engine pid"),
-    "s6-ucspitlsc/error/no-CAFILE": Gap(
-        ("exit",),
-        "UCSPI-TLS configuration errors: ours fails at start, C at STARTTLS (exit 3): not documented yet",
-    ),
-    "s6-ucspitlsc/error/CAFILE-missing-file": Gap(
-        ("exit",), "row 6: a missing CAFILE/CADIR/CERTFILE is 96, C 111"
-    ),
-    "s6-ucspitlsc/error/-6-equals--7": Gap(("exit",), "-6 equal to -7: 111 where C says 100"),
-    "s6-ucspitlsc/-v2/accepted": Gap(("log",), "row 12: -v log wording, engine pid"),
-    "s6-tlsd-io/notify/-Y-no-cert": Gap(
-        ("block",), "row 8: the all-zero SSL_PEER_CERT_HASH is not wired"
-    ),
+    "s6-ucspitlsd/env/-Y-no-cert": Gap(("block",), _ZERO_HASH),
+    "s6-ucspitlsd/error/no-CERTFILE": Gap(("exit",), _UCSPI_AT_START),
+    "s6-ucspitlsd/error/garbage-KEYFILE": Gap(("exit",), _UCSPI_AT_START),
+    "s6-ucspitlsd/error/-Y-CAFILE-missing-file": Gap(("exit",), _UCSPI_AT_START),
+    "s6-ucspitlsd/error/bad-TLS_UID": Gap(("exit",), _UCSPI_AT_START),
+    "s6-ucspitlsd/-v2/accepted": Gap(("log",), _LOG_WORDING),
+    "s6-ucspitlsd/-v2/declined": Gap(("log",), _LOG_WORDING),
+    "s6-ucspitlsc/error/no-CAFILE": Gap(("exit",), _UCSPI_AT_START),
+    "s6-ucspitlsc/error/CAFILE-missing-file": Gap(("exit",), _MISSING_FILE),
+    "s6-ucspitlsc/error/-6-equals--7": Gap(("exit",), _SAME_FDS),
+    "s6-ucspitlsc/-v2/accepted": Gap(("log",), _LOG_WORDING),
+    "s6-tlsd-io/notify/-Y-no-cert": Gap(("block",), _ZERO_HASH),
     "s6-tlsd-io/long-options/--notification-fd=": Gap(
-        ("handshake", "server cert", "data", "app then reads", "exit", "stderr"),
-        "row 4: C long option names missing",
+        ("handshake", "server cert", "data", "app then reads", "exit", "stderr"), _LONG_NAMES
     ),
-    "s6-tlsd-io/identity/TLS_UID": Gap(
-        ("engine ids",), "row 10: TLS_UID/TLS_GID keep a supplementary group"
-    ),
-    "s6-tlsc-io/error/CAFILE-missing-file": Gap(
-        ("exit",), "row 6: a missing CAFILE/CADIR/CERTFILE is 96, C 111"
-    ),
-    "s6-tlsc-io/error/CADIR-missing-dir": Gap(
-        ("exit",), "row 6: a missing CAFILE/CADIR/CERTFILE is 96, C 111"
-    ),
-    "s6-tlsc-io/error/-K-not-a-number": Gap(
-        ("stderr",), "usage: where C says fatal: (not decided or documented yet)"
-    ),
+    "s6-tlsd-io/identity/TLS_UID": Gap(("engine ids",), _GROUPS),
+    "s6-tlsc-io/error/CAFILE-missing-file": Gap(("exit",), _MISSING_FILE),
+    "s6-tlsc-io/error/CADIR-missing-dir": Gap(("exit",), _MISSING_FILE),
+    "s6-tlsc-io/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
 }
 
 
