@@ -220,7 +220,6 @@ _IP_LITERAL_NAMES = (
     "rows 5 and 11: SSL_TLS_SNI_SERVERNAME exported for an IP literal; host names by libc"
 )
 _NAMES = "row 11: host names by libc (/etc/hosts always), without the final dot"
-_MISSING_FILE = "row 6: a missing CAFILE/CADIR/CERTFILE is 96, C 111"
 _SAME_FDS = "-6 equal to -7: 111 where C says 100"
 _UCSPI_AT_START = "UCSPI-TLS configuration errors: ours fails at start, C at STARTTLS (exit 3): not documented yet"
 _GROUPS = "row 10: TLS_UID/TLS_GID keep a supplementary group"
@@ -284,17 +283,12 @@ KNOWN_GAPS: dict[str, Gap] = {
     "s6-tlsclient/long-options/--verify-cert": Gap(
         ("handshake", "SNI received", "env", "after", "exit", "stderr"), _LONG_NAMES
     ),
-    "s6-tlsclient/error/CAFILE-missing-file": Gap(("exit",), _MISSING_FILE),
-    "s6-tlsclient/error/-y-CERTFILE-missing-file": Gap(("exit",), _MISSING_FILE),
     "s6-tlsclient/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
     "s6-tcpclient/env/default": Gap(("env",), _NAMES),
     "s6-tcpclient/env/-h": Gap(("env",), _NAMES),
     "s6-tcpclient/error/bad-port": Gap(("stderr",), _USAGE_WORDING),
     "s6-tlsd/env/-Y-no-cert": Gap(("env",), _ZERO_HASH),
-    "s6-tlsd/error/-Y-CAFILE-missing-file": Gap(("exit",), _MISSING_FILE),
     "s6-tlsd/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
-    "s6-tlsc/error/CAFILE-missing-file": Gap(("exit",), _MISSING_FILE),
-    "s6-tlsc/error/-y-CERTFILE-missing-file": Gap(("exit",), _MISSING_FILE),
     "s6-tlsc/error/-6-equals--7": Gap(("exit",), _SAME_FDS),
     "s6-tlsc/long-options/--read-fd=--write-fd=": Gap(
         ("handshake", "SNI received", "env", "after", "exit", "stderr"), _LONG_NAMES
@@ -307,7 +301,7 @@ KNOWN_GAPS: dict[str, Gap] = {
     "s6-ucspitlsd/-v2/accepted": Gap(("log",), _LOG_WORDING),
     "s6-ucspitlsd/-v2/declined": Gap(("log",), _LOG_WORDING),
     "s6-ucspitlsc/error/no-CAFILE": Gap(("exit",), _UCSPI_AT_START),
-    "s6-ucspitlsc/error/CAFILE-missing-file": Gap(("exit",), _MISSING_FILE),
+    "s6-ucspitlsc/error/CAFILE-missing-file": Gap(("exit",), _UCSPI_AT_START),
     "s6-ucspitlsc/error/-6-equals--7": Gap(("exit",), _SAME_FDS),
     "s6-ucspitlsc/-v2/accepted": Gap(("log",), _LOG_WORDING),
     "s6-tlsd-io/notify/-Y-no-cert": Gap(("block",), _ZERO_HASH),
@@ -315,8 +309,6 @@ KNOWN_GAPS: dict[str, Gap] = {
         ("handshake", "server cert", "data", "app then reads", "exit", "stderr"), _LONG_NAMES
     ),
     "s6-tlsd-io/identity/TLS_UID": Gap(("engine ids",), _GROUPS),
-    "s6-tlsc-io/error/CAFILE-missing-file": Gap(("exit",), _MISSING_FILE),
-    "s6-tlsc-io/error/CADIR-missing-dir": Gap(("exit",), _MISSING_FILE),
     "s6-tlsc-io/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
 }
 

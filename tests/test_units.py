@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from trio_s6tls import _der, apply_variables, is_tls_variable, parse_identity
-from trio_s6tls._errors import EXIT_CONFIG, EXIT_USAGE, Fatal, UsageError
+from trio_s6tls._errors import EXIT_CONFIG, EXIT_SYSTEM, EXIT_USAGE, Fatal, UsageError
 from trio_s6tls._handshake_info import decode_notification, encode_notification
 from trio_s6tls._tlsconfig import (
     SniTable,
@@ -239,7 +239,8 @@ def test_cadir_with_arbitrary_names_and_der(files: dict[str, str]) -> None:
         ({}, EXIT_USAGE, "CADIR or CAFILE not set"),
         ({"CADIR": "EMPTY"}, EXIT_CONFIG, "no trust anchor"),
         ({"CAFILE": "GARBAGE"}, EXIT_CONFIG, "unable to load trust anchors"),
-        ({"CAFILE": "/nonexistent/ca.pem"}, EXIT_CONFIG, "unable to read"),
+        ({"CAFILE": "/nonexistent/ca.pem"}, EXIT_SYSTEM, "unable to read"),
+        ({"CADIR": "/nonexistent"}, EXIT_SYSTEM, "unable to read CADIR"),
     ],
 )
 def test_client_configuration_errors(
@@ -261,7 +262,7 @@ def test_client_configuration_errors(
         (
             {"CERTFILE": "cert", "KEYFILE": "/nonexistent"},
             TLSOptions(),
-            EXIT_CONFIG,
+            EXIT_CONFIG,  # a server's keypair: 96 even when unreadable, as in C
             "unable to read",
         ),
         (

@@ -2,9 +2,11 @@
 ``ssl.SSLContext``, or a :class:`Fatal` carrying the exit code it means.
 
 Sans-IO apart from reading the files the environment names. Everything is
-checked here, before any network I/O: a bad trust anchor, an unreadable key
-or a key that does not match its certificate fails at once (96), a missing or
-invalid variable is a usage error (100).
+checked here, before any network I/O: a bad trust anchor, a bad key or a
+key that does not match its certificate fails at once (96), a trust anchor
+file or a client keypair that cannot be read at all is a system error (111;
+a server's keypair 96, as C's), a missing or invalid variable is a usage
+error (100).
 """
 
 from __future__ import annotations
@@ -61,13 +63,16 @@ def _require(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _read(path: str, what: str) -> bytes:
+def _read(path: str, what: str, unreadable: int = EXIT_SYSTEM) -> bytes:
+    """A file the environment names. One that cannot be read (missing,
+    unreadable, a directory) is a system error (111) as in C, except a
+    server's keypair, which C's SNI policy reports as 96 (``unreadable``)."""
     try:
         with open(path, "rb") as file:
             return file.read()
     except OSError as error:
         raise Fatal(
-            EXIT_CONFIG, f"unable to read {what} {path}: {describe_os_error(error)}"
+            unreadable, f"unable to read {what} {path}: {describe_os_error(error)}"
         ) from None
 
 
@@ -111,9 +116,12 @@ def _no_password() -> bytes:
     return b""  # never prompt on a terminal: an encrypted key simply fails
 
 
-def load_keypair(context: ssl.SSLContext, certfile: str, keyfile: str) -> None:
-    cert_data = _read(certfile, "certificate file")
-    key_data = _read(keyfile, "private key file")
+def load_keypair(
+    context: ssl.SSLContext, certfile: str, keyfile: str, *, unreadable: int = EXIT_SYSTEM
+) -> None:
+    """A keypair; a file that cannot be read exits ``unreadable`` (see :func:`_read`)."""
+    cert_data = _read(certfile, "certificate file", unreadable)
+    key_data = _read(keyfile, "private key file", unreadable)
     with (
         _as_pem_path(certfile, cert_data, "CERTIFICATE") as cert_path,
         _as_pem_path(keyfile, key_data, None) as key_path,
@@ -141,14 +149,15 @@ def _load_anchor_bytes(context: ssl.SSLContext, data: bytes) -> None:
 
 def load_trust_anchors(context: ssl.SSLContext, env: Mapping[str, str]) -> None:
     """``CADIR`` (any file names, PEM or DER, unparsable files skipped) or,
-    if unset, ``CAFILE``. Neither set: 100. No anchor found: 96."""
+    if unset, ``CAFILE``. Neither set: 100. No anchor found: 96. The
+    directory or the file cannot be read: 111."""
     cadir = env.get("CADIR")
     if cadir:
         try:
             names = sorted(os.listdir(cadir))
         except OSError as error:
             raise Fatal(
-                EXIT_CONFIG, f"unable to read CADIR {cadir}: {describe_os_error(error)}"
+                EXIT_SYSTEM, f"unable to read CADIR {cadir}: {describe_os_error(error)}"
             ) from None
         for name in names:
             path = os.path.join(cadir, name)
@@ -305,14 +314,18 @@ def server_context(env: Mapping[str, str], options: TLSOptions) -> ssl.SSLContex
     if options.sni_level >= 1:
         for name in sni_names(env):
             named = _server_context(env, options)
-            load_keypair(named, env[f"CERTFILE:{name}"], env[f"KEYFILE:{name}"])
+            load_keypair(
+                named, env[f"CERTFILE:{name}"], env[f"KEYFILE:{name}"], unreadable=EXIT_CONFIG
+            )
             table.add(name, named)
     level = options.sni_level
     wants_default = level == 0 or (
         level == 1 and (not table or "CERTFILE" in env or "KEYFILE" in env)
     )
     if wants_default:
-        load_keypair(context, _require(env, "CERTFILE"), _require(env, "KEYFILE"))
+        load_keypair(
+            context, _require(env, "CERTFILE"), _require(env, "KEYFILE"), unreadable=EXIT_CONFIG
+        )
     elif not table:
         raise Fatal(EXIT_CONFIG, "no keypair found: no KEYFILE:NAME/CERTFILE:NAME pair")
 
