@@ -95,12 +95,27 @@ _KEEP = Documented(
     c="2.8.0.1 keeps CAFILE/CERTFILE/KEYFILE in prog's environment by default and removes them with -Z",
     ours="removes them by default (-z) and keeps them with -Z",
     reason="the C documentation (and 2.7.x) say -Z keeps them; 2.8.0.1's code does the reverse (issue 11: follow the docs)",
-    doc="docs/migration.rst#what-changes (issue 11 asks for it there)",
+    doc="docs/migration.rst#what-changes (-Z and -z)",
 )
 _EARLY = Documented(
     fields=("start", "handshake", "exit", "stderr"),
     c="the per-connection engine finds the broken key at the first handshake",
     ours="refuses to start, before any network I/O",
+    reason="configuration is checked before any network I/O",
+    doc="docs/migration.rst#what-changes (Earlier errors)",
+)
+
+_AT_START = Documented(
+    fields=("start", "handshake"),
+    c="s6-tlsserver starts and binds; each connection's s6-tlsd finds the missing CERTFILE or bad TLS_UID",
+    ours="refuses to start (100), before any network I/O",
+    reason="configuration is checked before any network I/O",
+    doc="docs/migration.rst#what-changes (Earlier errors)",
+)
+_UCSPI_EARLY = Documented(
+    fields=("exit",),
+    c="runs prog; the broken configuration is found at STARTTLS (exit 3)",
+    ours="refuses to run prog (96, 100 or 111): the configuration is checked before any network I/O",
     reason="configuration is checked before any network I/O",
     doc="docs/migration.rst#what-changes (Earlier errors)",
 )
@@ -132,14 +147,14 @@ DOCUMENTED_DIFFERENCES: dict[str, Documented] = {
         c="-Y accepts a client certificate from an unknown CA: hash exported, subject unset",
         ours="the handshake fails (98): Python's ssl cannot request a certificate without verifying it",
         reason="the standard library cannot request a certificate without verifying it (issue 11 row 9)",
-        doc="docs/migration.rst#what-changes, the program's page (issue 11 asks for it there)",
+        doc="docs/migration.rst#what-changes (Client certificates from an unknown CA), docs/programs/server-tls-options.inc",
     ),
     "s6-tlsserver/env/-Y-untrusted-ca": Documented(
         fields=("handshake", "server cert", "env", "after"),
         c="-Y accepts a client certificate from an unknown CA: hash exported, subject unset",
         ours="the handshake fails: Python's ssl cannot request a certificate without verifying it",
         reason="the standard library cannot request a certificate without verifying it (issue 11 row 9)",
-        doc="docs/migration.rst#what-changes, the program's page (issue 11 asks for it there)",
+        doc="docs/migration.rst#what-changes (Client certificates from an unknown CA), docs/programs/server-tls-options.inc",
     ),
     "s6-tlsd-io/notify/tls13-peer": Documented(
         fields=("block",),
@@ -184,6 +199,21 @@ DOCUMENTED_DIFFERENCES: dict[str, Documented] = {
         doc="docs/migration.rst#what-changes (Identity of the super-servers)",
     ),
     "s6-tlsserver/error/garbage-KEYFILE": _EARLY,
+    "s6-tlsserver/error/no-CERTFILE": _AT_START,
+    "s6-tlsserver/error/bad-TLS_UID": _AT_START,
+    "s6-ucspitlsd/error/no-CERTFILE": _UCSPI_EARLY,
+    "s6-ucspitlsd/error/garbage-KEYFILE": _UCSPI_EARLY,
+    "s6-ucspitlsd/error/-Y-CAFILE-missing-file": _UCSPI_EARLY,
+    "s6-ucspitlsd/error/bad-TLS_UID": _UCSPI_EARLY,
+    "s6-ucspitlsc/error/no-CAFILE": _UCSPI_EARLY,
+    "s6-ucspitlsc/error/CAFILE-missing-file": _UCSPI_EARLY,
+    "s6-tcpserver/options/-H-is-s6-tcpserver-access's": Documented(
+        fields=("start", "stderr"),
+        c="s6-tcpserver refuses -H and the other access options (usage, 100): they are s6-tcpserver-access's",
+        ours="s6-tcpserver takes them itself",
+        reason="ours, beyond the C tools: one program instead of the s6-tcpserver-access step",
+        doc="docs/migration.rst#what-is-new-all-opt-in",
+    ),
     "s6-tlsserver/error/missing-CAFILE-with-Y": _EARLY,
     "s6-tlsd-io/error/CERTFILE-empty": _EARLY,
     "s6-tlsserver/error/key-cert-mismatch": _EARLY,
@@ -204,41 +234,22 @@ class Gap:
 #: case id -> the issue-11 row still open. Such a case is expected to differ (xfail);
 #: once it matches C it fails until removed from here. Listed 2026-12-02 from the
 #: CI run of main: the fixes made for these rows were lost before they landed.
-_CONNNUM = "row 1: TCPCONNNUM counts this connection too"
-_CONNNUM_NAMES = "rows 1 and 11: TCPCONNNUM counts this connection too; host names by libc, without the final dot"
-_ZERO_HASH = "row 8: the all-zero SSL_PEER_CERT_HASH is not wired"
 _LONG_NAMES = "row 4: C long option names missing"
-_CONNNUM_SLOT = "row 1: TCPCONNNUM counts this connection too; the -c slot is freed when the connection ends, not when prog exits"
 _EXEC_RULE = "row 2: an exec rule keeps TLS"
 _CDB = "row 3: -x is not wired to the CDB reader yet"
 _BROKEN_ENTRY = "a broken rules entry is not reported as C reports it"
 _LOG_WORDING = "row 12: -v log wording, engine pid"
 _USAGE_WORDING = "usage: where C says fatal: (not decided or documented yet)"
-_CHECKED_AT_START = "configuration checked at start, C at the first handshake: not documented yet"
-_ACCESS_OPTIONS = "access options accepted by s6-tcpserver: not documented yet"
 _IP_LITERAL_NAMES = (
     "rows 5 and 11: SSL_TLS_SNI_SERVERNAME exported for an IP literal; host names by libc"
 )
 _NAMES = "row 11: host names by libc (/etc/hosts always), without the final dot"
 _SAME_FDS = "-6 equal to -7: 111 where C says 100"
-_UCSPI_AT_START = "UCSPI-TLS configuration errors: ours fails at start, C at STARTTLS (exit 3): not documented yet"
 _GROUPS = "row 10: TLS_UID/TLS_GID keep a supplementary group"
 
 KNOWN_GAPS: dict[str, Gap] = {
-    "s6-tlsserver/env/-H": Gap(("env",), _CONNNUM),
-    "s6-tlsserver/env/default": Gap(("env",), _CONNNUM_NAMES),
-    "s6-tlsserver/env/tls-vars-default": Gap(("env", "tls vars"), _CONNNUM),
-    "s6-tlsserver/env/tls-vars--Z": Gap(("env", "tls vars"), _CONNNUM),
-    "s6-tlsserver/env/-h": Gap(("env",), _CONNNUM_NAMES),
-    "s6-tlsserver/env/-H-l": Gap(("env",), _CONNNUM),
-    "s6-tlsserver/env/sni-sent": Gap(("env",), _CONNNUM),
-    "s6-tlsserver/env/-Y-no-cert": Gap(("env",), _ZERO_HASH),
-    "s6-tlsserver/env/-Y-cert": Gap(("env",), _CONNNUM),
-    "s6-tlsserver/env/-y-cert": Gap(("env",), _CONNNUM),
-    "s6-tlsserver/env/-Y-spaced-subject": Gap(("env",), _CONNNUM),
-    "s6-tlsserver/sni/-k1-name": Gap(("env",), _CONNNUM),
-    "s6-tlsserver/sni/-k1-no-name": Gap(("env",), _CONNNUM),
-    "s6-tlsserver/sni/-k2-name": Gap(("env",), _CONNNUM),
+    "s6-tlsserver/env/default": Gap(("env",), _NAMES),
+    "s6-tlsserver/env/-h": Gap(("env",), _NAMES),
     "s6-tlsserver/long-options/--no-dns": Gap(
         ("start", "handshake", "server cert", "env", "after", "stderr"), _LONG_NAMES
     ),
@@ -248,11 +259,6 @@ KNOWN_GAPS: dict[str, Gap] = {
     "s6-tlsserver/long-options/--notify--normally-verbose": Gap(
         ("start", "stdout", "stdout closed after", "SIGTERM"), _LONG_NAMES
     ),
-    "s6-tlsserver/tcpconnnum/3-concurrent": Gap(("TCPCONNNUM",), _CONNNUM),
-    "s6-tlsserver/-c/1": Gap(
-        ("second, after first's prog exited", "second, after first closed"), _CONNNUM_SLOT
-    ),
-    "s6-tlsserver/rules/-i-allow-env": Gap(("env",), _CONNNUM),
     "s6-tlsserver/rules/-i-exec": Gap(("handshake", "cleartext", "over TLS"), _EXEC_RULE),
     "s6-tlsserver/rules/-x-allow-env": Gap(("start", "handshake", "env", "server", "stderr"), _CDB),
     "s6-tlsserver/rules/-x-deny": Gap(("start", "handshake", "server", "stderr"), _CDB),
@@ -261,16 +267,9 @@ KNOWN_GAPS: dict[str, Gap] = {
         ("start", "handshake", "cleartext", "server", "stderr"), _CDB
     ),
     "s6-tlsserver/rules/-i-broken-entry": Gap(("stderr",), _BROKEN_ENTRY),
-    "s6-tlsserver/-v/log": Gap(("log",), _LOG_WORDING),
     "s6-tlsserver/error/unknown-option": Gap(("stderr",), _USAGE_WORDING),
     "s6-tlsserver/error/-c-not-a-number": Gap(("stderr",), _USAGE_WORDING),
-    "s6-tlsserver/error/no-CERTFILE": Gap(("start", "handshake"), _CHECKED_AT_START),
-    "s6-tlsserver/error/bad-TLS_UID": Gap(("start", "handshake"), _CHECKED_AT_START),
-    "s6-tcpserver/env/default": Gap(("env",), _CONNNUM_NAMES),
-    "s6-tcpserver/tcpconnnum/3-concurrent": Gap(("TCPCONNNUM",), _CONNNUM),
-    "s6-tcpserver/-c/1": Gap(("second, after first's prog exited",), _CONNNUM),
-    "s6-tcpserver/-v/log": Gap(("log",), _LOG_WORDING),
-    "s6-tcpserver/options/-H-is-s6-tcpserver-access's": Gap(("start", "stderr"), _ACCESS_OPTIONS),
+    "s6-tcpserver/env/default": Gap(("env",), _NAMES),
     "s6-tlsclient/env/ip-literal-lookups": Gap(("env",), _IP_LITERAL_NAMES),
     "s6-tlsclient/env/-h": Gap(("env",), _IP_LITERAL_NAMES),
     "s6-tlsclient/name/-h-localhost": Gap(("env",), _NAMES),
@@ -287,24 +286,15 @@ KNOWN_GAPS: dict[str, Gap] = {
     "s6-tcpclient/env/default": Gap(("env",), _NAMES),
     "s6-tcpclient/env/-h": Gap(("env",), _NAMES),
     "s6-tcpclient/error/bad-port": Gap(("stderr",), _USAGE_WORDING),
-    "s6-tlsd/env/-Y-no-cert": Gap(("env",), _ZERO_HASH),
     "s6-tlsd/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
     "s6-tlsc/error/-6-equals--7": Gap(("exit",), _SAME_FDS),
     "s6-tlsc/long-options/--read-fd=--write-fd=": Gap(
         ("handshake", "SNI received", "env", "after", "exit", "stderr"), _LONG_NAMES
     ),
-    "s6-ucspitlsd/env/-Y-no-cert": Gap(("block",), _ZERO_HASH),
-    "s6-ucspitlsd/error/no-CERTFILE": Gap(("exit",), _UCSPI_AT_START),
-    "s6-ucspitlsd/error/garbage-KEYFILE": Gap(("exit",), _UCSPI_AT_START),
-    "s6-ucspitlsd/error/-Y-CAFILE-missing-file": Gap(("exit",), _UCSPI_AT_START),
-    "s6-ucspitlsd/error/bad-TLS_UID": Gap(("exit",), _UCSPI_AT_START),
     "s6-ucspitlsd/-v2/accepted": Gap(("log",), _LOG_WORDING),
     "s6-ucspitlsd/-v2/declined": Gap(("log",), _LOG_WORDING),
-    "s6-ucspitlsc/error/no-CAFILE": Gap(("exit",), _UCSPI_AT_START),
-    "s6-ucspitlsc/error/CAFILE-missing-file": Gap(("exit",), _UCSPI_AT_START),
     "s6-ucspitlsc/error/-6-equals--7": Gap(("exit",), _SAME_FDS),
     "s6-ucspitlsc/-v2/accepted": Gap(("log",), _LOG_WORDING),
-    "s6-tlsd-io/notify/-Y-no-cert": Gap(("block",), _ZERO_HASH),
     "s6-tlsd-io/long-options/--notification-fd=": Gap(
         ("handshake", "server cert", "data", "app then reads", "exit", "stderr"), _LONG_NAMES
     ),

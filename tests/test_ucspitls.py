@@ -262,6 +262,8 @@ def test_example_pair_tls_options(
     assert seen["SSL_TLS_SNI_SERVERNAME"] == "localhost"
     if send_cert:
         assert seen["SSL_PEER_CERT_SUBJECT"] == "O=Clients\\, Inc., OU=QA, CN=test client"
+    elif "-Y" in server_args:  # asked for one, got none: all zeros, as C
+        assert seen["SSL_PEER_CERT_HASH"] == "SHA256:" + "0" * 64
     else:
         assert "SSL_PEER_CERT_HASH" not in seen
 

@@ -227,7 +227,10 @@ async def establish(
     else:
         await tls.handshake()
     return handshake_variables(
-        tls.connection, server_side=server_side, resumed_flag=report_resumption
+        tls.connection,
+        server_side=server_side,
+        resumed_flag=report_resumption,
+        peer_cert_requested=server_side and options.client_cert >= 1,  # -Y/-y: all-zero hash
     )
 
 
