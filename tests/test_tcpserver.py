@@ -59,7 +59,7 @@ def test_socket_is_stdin_stdout_and_environment(pki: LoopbackPKI) -> None:
         assert got["PROTO"] == "TCP"
         assert (got["TCPLOCALIP"], got["TCPLOCALPORT"]) == ("127.0.0.1", str(srv.port))
         assert (got["TCPREMOTEIP"], got["TCPREMOTEPORT"]) == ("127.0.0.1", str(client_port))
-        assert got["TCPCONNNUM"] == "1"
+        assert got["TCPCONNNUM"] == "0"  # the client's other connections, as C counts
         assert got["TCPLOCALHOST"] == "me.example"
         assert got["TCPREMOTEHOST"] == socket.getnameinfo(("127.0.0.1", 0), socket.NI_NAMEREQD)[0]
         assert "TCPREMOTEINFO" not in got
@@ -124,23 +124,25 @@ def test_max_connections_queue(pki: LoopbackPKI, resources: contextlib.ExitStack
 
 
 def test_per_ip_limit(pki: LoopbackPKI, resources: contextlib.ExitStack) -> None:
-    """-C 1; -v logs the end of a connection, once its slot is free."""
-    prog = ["sh", "-c", "echo $TCPCONNNUM; exec cat"]
+    """-C 1; -v logs the end of a connection (s6-tcpserverd's words), once
+    its slot is free."""
+    prog = ["sh", "-c", "echo $TCPCONNNUM $$; exec cat"]
     argv = ["s6-tcpserver", "-v", "-H", "-C", "1", "127.0.0.1", "0", *prog]
     with running_server(argv, tls_env(pki)) as srv:
         first = resources.enter_context(connect(srv.port))
-        assert first.recv(10) == b"1\n"
+        connnum, pid = first.recv(64).split()  # one write of sh's echo
+        assert connnum == b"0"
         assert ask(srv.port) == b""  # closed at once
-        assert ask(srv.port, source="127.0.0.2") == b"1\n"
-        first_port = first.getsockname()[1]
+        assert ask(srv.port, source="127.0.0.2").startswith(b"0 ")
         first.close()
-        srv.wait_stderr(f" end ip 127.0.0.1 port {first_port} ")
+        srv.wait_stderr(f": info: end pid {pid.decode()} exitcode 0 count 0/1\n")
 
         def served() -> bool:
-            return ask(srv.port) == b"1\n"
+            return ask(srv.port).startswith(b"0 ")
 
         assert served(), "per-ip slot freed"
-        assert "too many connections from 127.0.0.1" in srv.stderr
+        assert "s6-tcpserver: info: reject 127.0.0.1_" in srv.stderr
+        assert " count 1/1\n" in srv.stderr
 
 
 def test_prog_identity(pki: LoopbackPKI, tmp_path: Path) -> None:

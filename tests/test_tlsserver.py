@@ -69,7 +69,7 @@ def test_environment_complete(pki: LoopbackPKI, client_cert: ClientCert) -> None
     assert got["TCPLOCALPORT"] == str(local_port)
     assert got["TCPREMOTEIP"] == "127.0.0.1"
     assert got["TCPREMOTEPORT"] == str(remote_port)
-    assert got["TCPCONNNUM"] == "1"
+    assert got["TCPCONNNUM"] == "0"  # the client's other connections, as C counts
     assert got["TCPLOCALHOST"] == "here.example"
     assert got["TCPREMOTEHOST"] == socket.getnameinfo(("127.0.0.1", 0), socket.NI_NAMEREQD)[0]
     assert "TCPREMOTEINFO" not in got
@@ -214,14 +214,16 @@ def test_handshake_failures_are_logged_not_fatal(pki: LoopbackPKI) -> None:
 def test_per_ip_limit(pki: LoopbackPKI, resources: contextlib.ExitStack) -> None:
     """-C 2: a third connection from 127.0.0.1 is closed at once; another
     address still gets in; the count goes down when clients leave (-v: the
-    end of a connection is logged once its slot is free)."""
-    prog = ["sh", "-c", "echo $TCPCONNNUM; exec cat"]
+    end of a connection is logged once its slot is free). TCPCONNNUM: the
+    client's other connections."""
+    prog = ["sh", "-c", "echo $TCPCONNNUM $$; exec cat"]
     argv = ["s6-tlsserver", "-v", "-H", "-C", "2", "127.0.0.1", "0", *prog]
     with running_server(argv, tls_env(pki)) as srv:
         context = client_context(pki)
         first = resources.enter_context(tls_connect(srv.port, context))
         second = resources.enter_context(tls_connect(srv.port, context))
-        assert first.recv(10) == b"1\n" and second.recv(10) == b"2\n"
+        first_num, first_pid = first.recv(64).split()  # one write of sh's echo
+        assert first_num == b"0" and second.recv(64).startswith(b"1 ")
         with connect(srv.port) as third:
             third.sendall(b"\x16\x03\x01")
             assert read_all(third) == b""
@@ -229,17 +231,16 @@ def test_per_ip_limit(pki: LoopbackPKI, resources: contextlib.ExitStack) -> None
             other = resources.enter_context(tls_connect(srv.port, context, source="127.0.0.2"))
         except OSError:
             raise AssertionError(srv.stderr) from None
-        assert other.recv(10) == b"1\n"
-        first_port = first.getsockname()[1]
+        assert other.recv(64).startswith(b"0 ")
         first.close()
-        srv.wait_stderr("too many")
+        srv.wait_stderr(": info: reject 127.0.0.1_")  # s6-tcpserverd's words
         # Logged in the same step that frees the slot, before the next accept.
-        srv.wait_stderr(f" end ip 127.0.0.1 port {first_port} ")
+        srv.wait_stderr(f": info: end pid {first_pid.decode()} exitcode 0 count 1/2\n")
 
         def served_again() -> bool:
             try:
                 with tls_connect(srv.port, context) as again:
-                    return again.recv(10) == b"2\n"
+                    return again.recv(64).startswith(b"1 ")
             except OSError:  # still refused: the server has not seen the close yet
                 return False
 
@@ -480,16 +481,16 @@ def test_sni_level_and_mandatory_client_cert(
 
 
 def test_enforce_close_notify_and_verbose_log(pki: LoopbackPKI) -> None:
-    argv = ["s6-tlsserver", "-v", "-H", "-J", "127.0.0.1", "0", "cat"]
+    argv = ["s6-tlsserver", "--verbosity", "3", "-H", "-J", "127.0.0.1", "0", "cat"]
     with running_server(argv, tls_env(pki)) as srv:
         exchange(srv.port, client_context(pki), b"ragged")
         srv.wait_stderr("close_notify")  # -J: the ragged EOF is logged
-        assert "SSL_PROTOCOL=TLSv1.3" in srv.stderr
+        assert "SSL_PROTOCOL=TLSv1.3" in srv.stderr  # debug (3): handshake parameters
     argv = ["s6-tlsserver", "--verbosity", "2", "-H", "-J", "-j", "127.0.0.1", "0", "cat"]
     with running_server(argv, tls_env(pki)) as srv:
         assert exchange(srv.port, client_context(pki), b"ragged") == b"ragged"
         # the end of the connection is logged after the tunnel's own messages
-        srv.wait_stderr(" end ip 127.0.0.1 ")
+        srv.wait_stderr(": info: end pid ")
         assert "close_notify" not in srv.stderr
 
 
@@ -755,7 +756,7 @@ def test_our_clients_against_us(pki: LoopbackPKI, chain: bool) -> None:
     assert client_env["SSL_PEER_CERT_HASH"].startswith("SHA256:")
     assert client_env["TCPREMOTEPORT"] == server_env["TCPLOCALPORT"] == str(srv.port)
     assert client_env["TCPLOCALPORT"] == server_env["TCPREMOTEPORT"]
-    assert server_env["TCPCONNNUM"] == "1" and "TCPCONNNUM" not in client_env
+    assert server_env["TCPCONNNUM"] == "0" and "TCPCONNNUM" not in client_env
 
 
 def test_keylog_and_min_version(pki: LoopbackPKI, tmp_path: Path) -> None:

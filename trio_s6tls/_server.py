@@ -5,11 +5,12 @@ Theory of operation (docs/design.rst, "Process model"):
 1. **Accept under the global limit.** Each accept loop takes a slot of a
    semaphore of ``max_conn`` *before* calling ``accept``: while every slot
    is taken nobody accepts, and new clients wait in the kernel's backlog
-   (``-c``). A connection gives its slot back when it has ended entirely
-   (prog reaped).
+   (``-c``). A connection gives its slot back when its prog exits (as
+   s6-tcpserverd does: a TLS tunnel still flushing does not hold it), or
+   when it ends without a prog.
 2. **Per-IP limit** (``-C``): a connection that would make more than
    ``max_per_ip`` from one address is closed at once and logged.
-   ``TCPCONNNUM`` is that count, this connection included.
+   ``TCPCONNNUM`` is the address's *other* connections (0 for its first).
 3. **Access rules** (``-i``), then the **PROXY header** (``-L``, which
    replaces the addresses in the environment), then the **banner** (``-B``);
    the rules lookup (in a thread: it reads files), name lookups and the
@@ -64,6 +65,9 @@ from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, describe_os_error
 from ._fds import prog_pipes
 from ._fdstreams import FdPairStream
 from ._handshake_info import describe_variables
+from ._listen import bind as bind
+from ._listen import linger, send_all
+from ._listen import listener_from as listener_from
 from ._log import Log
 from ._spawn import ChildProcess, spawn_child
 from ._tlsconfig import (
@@ -177,8 +181,12 @@ class Server:
 
     @property
     def active(self) -> int:
-        """Connections open now (accepted and not yet ended)."""
+        """Connections counted now: accepted, and their prog not yet exited."""
         return sum(self.per_ip.values())
+
+    def log_status(self) -> None:
+        """s6-tcpserverd's ``status: N/MAXCONN`` line (-v)."""
+        self.config.log.info(f"status: {self.active}/{self.config.max_conn}", level=2)
 
     def stop_accepting(self) -> None:
         """Close the listeners; :func:`serve` returns once every open
@@ -253,7 +261,8 @@ class Server:
         remote = (canonical_ip(remote_raw[0]), int(remote_raw[1]))
         local = (canonical_ip(local_raw[0]), int(local_raw[1]))
         ip = remote[0]
-        self.per_ip[ip] += 1
+        others = self.per_ip[ip]  # TCPCONNNUM
+        slot = _Slot(self, ip, remote[1])
         self.connections_served += 1
         record = ConnectionRecord({}, None, 0, remote)
         waiting = trio.CancelScope()  # until prog starts (see stop)
@@ -261,14 +270,14 @@ class Server:
         if self.stopping:
             waiting.cancel()
         try:
-            count = self.per_ip[ip]
-            if count > config.max_per_ip:
-                log.info(f"too many connections from {ip}, closing", level=1)
+            if others >= config.max_per_ip:
+                # s6-tcpserverd's wording, with the count of the others
+                log.info(f"reject {ip}_{remote[1]} count {others}/{config.max_per_ip}", level=1)
                 record.refused = "per-ip limit"
                 return
-            log.info(f"allow? {ip} port {remote[1]} (connection {count} from it)", level=3)
+            log.info(f"allow? {ip} port {remote[1]} ({others} other connections)", level=3)
             with waiting:
-                await self._serve_one(sock, local, remote, count, record, waiting)
+                await self._serve_one(sock, local, remote, others, slot, record, waiting)
             if waiting.cancelled_caught:
                 log.info(f"closing {ip} port {remote[1]}: the server is stopping", level=2)
                 record.refused = "server stopping"
@@ -286,17 +295,10 @@ class Server:
             record.engine_status = EXIT_SYSTEM
         finally:
             if record.prog_status is not None:
-                log.info(
-                    f"end ip {ip} port {remote[1]} status {record.prog_status}"
-                    f" engine {record.engine_status}",
-                    level=2,
-                )
+                log.info(f"connection from {ip} port {remote[1]}: engine {record.engine_status}", 3)
             self.waiting.discard(waiting)
             sock.close()
-            self.per_ip[ip] -= 1
-            if not self.per_ip[ip]:
-                del self.per_ip[ip]
-            self.slots.release()
+            slot.free()
             if self.on_finished is not None:
                 self.on_finished(record)
 
@@ -305,7 +307,8 @@ class Server:
         sock: trio.socket.SocketType,
         local: tuple[str, int],
         remote: tuple[str, int],
-        count: int,
+        others: int,
+        slot: _Slot,
         record: ConnectionRecord,
         waiting: trio.CancelScope,
     ) -> None:
@@ -331,18 +334,18 @@ class Server:
                 remote=remote,
                 local_host=local_host,
                 remote_host=remote_host,
-                connection_count=count,
+                other_connections=others,
             ),
         )
         apply_variables(env, rules_env)
         if config.nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if config.banner:
-            await _send_all(sock, config.banner)
+            await send_all(sock, config.banner)
         if self.context is None:
-            await self._run_plain(sock, argv, env, record, waiting)
+            await self._run_plain(sock, argv, env, slot, record, waiting)
         else:
-            await self._run_tls(sock, self.context, argv, env, record, waiting)
+            await self._run_tls(sock, self.context, argv, env, slot, record, waiting)
 
     async def _prog_starting(self, waiting: trio.CancelScope) -> None:
         """From here on, stopping the server no longer closes this
@@ -395,8 +398,24 @@ class Server:
         for signum in pending:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signum)
-        config.log.info(f"pid {process.pid} started: {shlex.join(argv)}", level=2)
+        config.log.info(f"pid {process.pid} started: {shlex.join(argv)}", level=3)
         return process
+
+    def _accepted(self, process: ChildProcess, slot: _Slot) -> None:
+        """s6-tcpserverd's ``accept`` line, once prog runs."""
+        count = f"{self.per_ip[slot.ip]}/{self.config.max_per_ip}"
+        self.config.log.info(f"accept {slot.ip}_{slot.port} pid {process.pid} count {count}", 2)
+        self.log_status()
+
+    async def _reap(self, process: ChildProcess, slot: _Slot, record: ConnectionRecord) -> None:
+        """Wait for prog; its end frees the connection's slot and is logged
+        as s6-tcpserverd logs it (exit code, or the signal that killed it)."""
+        status = record.prog_status = await process.wait()
+        slot.free()
+        how = f"signal {-status}" if status < 0 else f"exitcode {status}"
+        count = f"{self.per_ip.get(slot.ip, 0)}/{self.config.max_per_ip}"
+        self.config.log.info(f"end pid {process.pid} {how} count {count}", level=2)
+        self.log_status()
 
     async def _settle(self, process: ChildProcess) -> None:
         """Make sure prog is reaped: on a normal end it already is; when we
@@ -415,6 +434,7 @@ class Server:
         sock: trio.socket.SocketType,
         argv: list[str],
         env: dict[str, str],
+        slot: _Slot,
         record: ConnectionRecord,
         waiting: trio.CancelScope,
     ) -> None:
@@ -427,8 +447,9 @@ class Server:
         finally:
             raw.close()
         record.env = env
+        self._accepted(process, slot)
         try:
-            record.prog_status = await process.wait()
+            await self._reap(process, slot, record)
         finally:
             await self._settle(process)
 
@@ -438,6 +459,7 @@ class Server:
         context: ssl.SSLContext,
         argv: list[str],
         env: dict[str, str],
+        slot: _Slot,
         record: ConnectionRecord,
         waiting: trio.CancelScope,
     ) -> None:
@@ -456,9 +478,9 @@ class Server:
                 )
             except Fatal:
                 if isinstance(tls.connection, socket.socket):
-                    await _linger(tls.connection)
+                    await linger(tls.connection)
                 raise
-            config.log.info(describe_variables(variables), level=2)
+            config.log.info(describe_variables(variables), level=3)
             apply_variables(env, variables)
             await self._prog_starting(waiting)
             to_prog_read, to_prog_write, from_prog_read, from_prog_write = prog_pipes()
@@ -472,20 +494,24 @@ class Server:
                 os.close(to_prog_read)
                 os.close(from_prog_write)
             record.env = env
+            self._accepted(process, slot)
             try:
                 local = FdPairStream(from_prog_read, to_prog_write)
-                try:
-                    await tunnel(tls, local, options)
-                except Fatal as error:
-                    config.log.warn(
-                        f"connection from {record.remote[0]} port {record.remote[1]}: {error.message}"
-                    )
-                    record.engine_status = error.exit_code
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await tls.aclose()
-                        await local.aclose()
-                record.prog_status = await process.wait()
+                async with trio.open_nursery() as reaper:
+                    # prog's end frees the slot even while the tunnel flushes
+                    reaper.start_soon(self._reap, process, slot, record)
+                    try:
+                        await tunnel(tls, local, options)
+                    except Fatal as error:
+                        config.log.warn(
+                            f"connection from {record.remote[0]} port {record.remote[1]}:"
+                            f" {error.message}"
+                        )
+                        record.engine_status = error.exit_code
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await tls.aclose()
+                            await local.aclose()
             finally:
                 await self._settle(process)
         finally:
@@ -493,31 +519,26 @@ class Server:
                 await tls.aclose()
 
 
-LINGER_SECONDS = 0.25
+class _Slot:
+    """A connection's place under ``-c`` and in its IP's ``-C`` count, taken
+    at accept and given back once (:meth:`free`)."""
 
+    def __init__(self, server: Server, ip: str, port: int) -> None:
+        self.server = server
+        self.ip = ip
+        self.port = port
+        self.taken = True
+        server.per_ip[ip] += 1
 
-async def _linger(sock: socket.socket) -> None:
-    """After a failed handshake: half-close, then discard what the peer
-    still sends, briefly, before the close. Closing with unread bytes would
-    send an RST, which can destroy our alert before the client reads it."""
-    with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_WR)
-    with trio.move_on_after(LINGER_SECONDS):
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:  # the raw socket under the SSLSocket: no TLS any more
-                if not socket.socket.recv(sock, 16384):
-                    return
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-
-
-async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[await sock.send(view) :]
+    def free(self) -> None:
+        if not self.taken:
+            return
+        self.taken = False
+        per_ip = self.server.per_ip
+        per_ip[self.ip] -= 1
+        if not per_ip[self.ip]:
+            del per_ip[self.ip]
+        self.server.slots.release()
 
 
 async def serve(
@@ -545,6 +566,7 @@ async def serve(
         server.addresses.append((str(name[0]), int(name[1])))
     with server.cancel_scope:
         task_status.started(server)
+        server.log_status()
         async with trio.open_nursery() as connections:
             try:
                 with server.accept_scope:
@@ -557,31 +579,3 @@ async def serve(
                 with trio.CancelScope(shield=True):
                     for listener in listeners:
                         await listener.aclose()
-
-
-def bind(ip: str, port: int, backlog: int, *, reuse_port: bool = False) -> socket.socket:
-    """A listening TCP socket on ``ip:port`` (port 0: any free port), made
-    before ``trio.run`` so that workers can be forked after it. Raises
-    :class:`Fatal` (111) on failure."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as error:
-        raise Fatal(EXIT_SYSTEM, f"unable to create socket: {describe_os_error(error)}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((ip, port))
-        sock.listen(min(backlog, 2**31 - 1))  # the kernel caps it at somaxconn anyway
-    except OSError as error:
-        sock.close()
-        raise Fatal(
-            EXIT_SYSTEM, f"unable to bind to {ip} port {port}: {describe_os_error(error)}"
-        ) from None
-    return sock
-
-
-def listener_from(sock: socket.socket) -> trio.SocketListener:
-    """Inside ``trio.run``: a Trio listener over a socket from :func:`bind`."""
-    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))

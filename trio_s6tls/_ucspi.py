@@ -24,10 +24,12 @@ def tcp_environment(
     remote: tuple[str, int],
     local_host: str | None = None,
     remote_host: str | None = None,
-    connection_count: int | None = None,
+    other_connections: int | None = None,
 ) -> dict[str, str | None]:
     """The UCSPI variables for one connection; ``TCPCONNNUM`` only for a
-    server (``connection_count``), ``TCPREMOTEINFO`` always unset."""
+    server: the client IP's *other* connections open now
+    (``other_connections``, 0 for its first, as s6-tcpserverd counts);
+    ``TCPREMOTEINFO`` always unset."""
     variables: dict[str, str | None] = {
         "PROTO": "TCP",
         "TCPLOCALIP": canonical_ip(local[0]),
@@ -38,6 +40,6 @@ def tcp_environment(
         "TCPREMOTEHOST": remote_host,
         "TCPREMOTEINFO": None,
     }
-    if connection_count is not None:
-        variables["TCPCONNNUM"] = str(connection_count)
+    if other_connections is not None:
+        variables["TCPCONNNUM"] = str(other_connections)
     return variables

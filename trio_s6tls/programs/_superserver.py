@@ -42,6 +42,7 @@ from .._identity import assume, parse_identity, server_identity
 from .._log import Log
 from .._server import Server, ServerConfig, bind, listener_from, serve
 from .._tlsconfig import configure_resumption, context_from_environment
+from .._ucspi import canonical_ip
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def launch(plan: Launch) -> int:
     backlog = listen.backlog if listen.backlog is not None else socket.SOMAXCONN
     first = bind(listen.ip, listen.port, backlog, reuse_port=listen.workers > 1)
     port = first.getsockname()[1]
+    server.log.info(f"starting - bound to ip {canonical_ip(first.getsockname()[0])} port {port}", 2)
     sockets = [first] + [
         bind(listen.ip, port, backlog, reuse_port=True) for _ in range(listen.workers - 1)
     ]
@@ -160,6 +162,7 @@ def _run_worker(
                 # supervisor forwards) must not kill us with its default
                 # action once the receiver is gone.
                 signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        config.log.info("exiting", level=2)
         return 0
 
     return trio.run(main)
@@ -174,7 +177,8 @@ async def _obey_signals(
     plain = server.config.context is None
     interrupted = False
     async for signum in receiver:
-        log.info(f"received {signal.Signals(signum).name}", level=2)
+        doing = _DOING[signum] if signum != signal.SIGUSR1 or reload else "ignoring it"
+        log.info(f"received {signal.Signals(signum).name}, {doing}", level=2)
         if signum in (signal.SIGTERM, signal.SIGINT):
             if signum == signal.SIGINT:
                 if interrupted:
@@ -200,6 +204,17 @@ async def _obey_signals(
                 log.warn(f"certificate reload failed, keeping the old ones: {error!r}")
             else:
                 log.info("certificates reloaded", level=2)
+
+
+#: What each signal makes us do, in s6-tcpserverd's words where it has one.
+_DOING: dict[int, str] = {
+    signal.SIGTERM: "quitting",
+    signal.SIGINT: "quitting",
+    signal.SIGHUP: "sending SIGTERM and SIGCONT to all connections",
+    signal.SIGQUIT: "sending SIGTERM and SIGCONT to all connections and quitting",
+    signal.SIGABRT: "sending SIGKILL to all connections and quitting",
+    signal.SIGUSR1: "reloading the certificates",
+}
 
 
 def _fork_workers(
