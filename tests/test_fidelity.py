@@ -238,7 +238,6 @@ _LONG_NAMES = "row 4: C long option names missing"
 _EXEC_RULE = "row 2: an exec rule keeps TLS"
 _CDB = "row 3: -x is not wired to the CDB reader yet"
 _BROKEN_ENTRY = "a broken rules entry is not reported as C reports it"
-_LOG_WORDING = "row 12: -v log wording, engine pid"
 _USAGE_WORDING = "usage: where C says fatal: (not decided or documented yet)"
 _IP_LITERAL_NAMES = (
     "rows 5 and 11: SSL_TLS_SNI_SERVERNAME exported for an IP literal; host names by libc"
@@ -291,10 +290,7 @@ KNOWN_GAPS: dict[str, Gap] = {
     "s6-tlsc/long-options/--read-fd=--write-fd=": Gap(
         ("handshake", "SNI received", "env", "after", "exit", "stderr"), _LONG_NAMES
     ),
-    "s6-ucspitlsd/-v2/accepted": Gap(("log",), _LOG_WORDING),
-    "s6-ucspitlsd/-v2/declined": Gap(("log",), _LOG_WORDING),
     "s6-ucspitlsc/error/-6-equals--7": Gap(("exit",), _SAME_FDS),
-    "s6-ucspitlsc/-v2/accepted": Gap(("log",), _LOG_WORDING),
     "s6-tlsd-io/long-options/--notification-fd=": Gap(
         ("handshake", "server cert", "data", "app then reads", "exit", "stderr"), _LONG_NAMES
     ),

@@ -67,8 +67,10 @@ def _await_command(
     server_side: bool,
     network: tuple[int, int],
     local: tuple[int, int],
+    prog_pid: int,
 ) -> int:
-    """The child: one command byte decides what happens (see step 4)."""
+    """The child: one command byte decides what happens (see step 4). The
+    log names prog's pid (the parent's, which execs prog), as C does."""
     from ._log import Log
 
     log = Log(name, options.verbosity)
@@ -77,12 +79,12 @@ def _await_command(
     except OSError:
         command = b""  # prog died with the socket in a bad state: declined
     if not command:
-        log.info(f"pid {os.getpid()} declined opportunistic TLS", level=2)
+        log.info(f"pid {prog_pid} declined opportunistic TLS", level=2)
         return 0
     if command not in (START, START_AND_REPORT):
         log.fatal("unrecognized command on control socket")
         return EXIT_USAGE
-    log.info(f"pid {os.getpid()} accepted opportunistic TLS", level=2)
+    log.info(f"pid {prog_pid} accepted opportunistic TLS", level=2)
     notify_fd: int | None = None
     if command == START_AND_REPORT:
         notify_fd = control.detach()  # the engine writes the block, then closes it
@@ -119,6 +121,7 @@ def ucspitls_then_exec(
     from_prog_read, from_prog_write = high_pipe()  # prog → engine (cleartext)
     control_prog, control_engine = high_socketpair()
     own_stdio = [fd for fd in (0, 1) if fd not in network]
+    prog_pid = os.getpid()  # this process execs prog
 
     def engine() -> int:
         close_fds([to_prog_read, from_prog_write])
@@ -131,6 +134,7 @@ def ucspitls_then_exec(
             server_side=server_side,
             network=network,
             local=(from_prog_read, to_prog_write),
+            prog_pid=prog_pid,
         )
 
     fork_child(engine)
