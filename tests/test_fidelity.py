@@ -234,7 +234,6 @@ class Gap:
 #: case id -> the issue-11 row still open. Such a case is expected to differ (xfail);
 #: once it matches C it fails until removed from here. Listed 2026-12-02 from the
 #: CI run of main: the fixes made for these rows were lost before they landed.
-_LONG_NAMES = "row 4: C long option names missing"
 _EXEC_RULE = "row 2: an exec rule keeps TLS"
 _CDB = "row 3: -x is not wired to the CDB reader yet"
 _BROKEN_ENTRY = "a broken rules entry is not reported as C reports it"
@@ -243,21 +242,11 @@ _IP_LITERAL_NAMES = (
     "rows 5 and 11: SSL_TLS_SNI_SERVERNAME exported for an IP literal; host names by libc"
 )
 _NAMES = "row 11: host names by libc (/etc/hosts always), without the final dot"
-_SAME_FDS = "-6 equal to -7: 111 where C says 100"
 _GROUPS = "row 10: TLS_UID/TLS_GID keep a supplementary group"
 
 KNOWN_GAPS: dict[str, Gap] = {
     "s6-tlsserver/env/default": Gap(("env",), _NAMES),
     "s6-tlsserver/env/-h": Gap(("env",), _NAMES),
-    "s6-tlsserver/long-options/--no-dns": Gap(
-        ("start", "handshake", "server cert", "env", "after", "stderr"), _LONG_NAMES
-    ),
-    "s6-tlsserver/long-options/--client-cert": Gap(
-        ("start", "handshake", "server cert", "env", "after", "stderr"), _LONG_NAMES
-    ),
-    "s6-tlsserver/long-options/--notify--normally-verbose": Gap(
-        ("start", "stdout", "stdout closed after", "SIGTERM"), _LONG_NAMES
-    ),
     "s6-tlsserver/rules/-i-exec": Gap(("handshake", "cleartext", "over TLS"), _EXEC_RULE),
     "s6-tlsserver/rules/-x-allow-env": Gap(("start", "handshake", "env", "server", "stderr"), _CDB),
     "s6-tlsserver/rules/-x-deny": Gap(("start", "handshake", "server", "stderr"), _CDB),
@@ -275,25 +264,11 @@ KNOWN_GAPS: dict[str, Gap] = {
     "s6-tlsclient/name/localhost-no-hosts": Gap(
         ("exit", "stderr", "handshake", "SNI received", "env", "after"), _NAMES
     ),
-    "s6-tlsclient/long-options/--no-dns--servername=": Gap(
-        ("handshake", "SNI received", "env", "after", "exit", "stderr"), _LONG_NAMES
-    ),
-    "s6-tlsclient/long-options/--verify-cert": Gap(
-        ("handshake", "SNI received", "env", "after", "exit", "stderr"), _LONG_NAMES
-    ),
     "s6-tlsclient/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
     "s6-tcpclient/env/default": Gap(("env",), _NAMES),
     "s6-tcpclient/env/-h": Gap(("env",), _NAMES),
     "s6-tcpclient/error/bad-port": Gap(("stderr",), _USAGE_WORDING),
     "s6-tlsd/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
-    "s6-tlsc/error/-6-equals--7": Gap(("exit",), _SAME_FDS),
-    "s6-tlsc/long-options/--read-fd=--write-fd=": Gap(
-        ("handshake", "SNI received", "env", "after", "exit", "stderr"), _LONG_NAMES
-    ),
-    "s6-ucspitlsc/error/-6-equals--7": Gap(("exit",), _SAME_FDS),
-    "s6-tlsd-io/long-options/--notification-fd=": Gap(
-        ("handshake", "server cert", "data", "app then reads", "exit", "stderr"), _LONG_NAMES
-    ),
     "s6-tlsd-io/identity/TLS_UID": Gap(("engine ids",), _GROUPS),
     "s6-tlsc-io/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
 }

@@ -292,7 +292,7 @@ def openssl_s_server(pki: LoopbackPKI, *extra: str) -> tuple[subprocess.Popen[by
     return server, int(line.rsplit(b":", 1)[1])
 
 
-@pytest.mark.parametrize("fds", [(6, 7), (0, 1), (5, 9)], ids=["6-7", "-6 0 -7 1", "-6 5 -7 9"])
+@pytest.mark.parametrize("fds", [(6, 7), (3, 4), (5, 9)], ids=["6-7", "-6 3 -7 4", "-6 5 -7 9"])
 def test_tlsc_against_openssl_s_server(
     pki: LoopbackPKI, fds: tuple[int, int], tmp_path: Path
 ) -> None:
@@ -300,7 +300,7 @@ def test_tlsc_against_openssl_s_server(
     with reaped(server):
         sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         moved = [] if fds == (6, 7) else ["-6", str(fds[0]), "-7", str(fds[1])]
-        output = tmp_path / "output"  # with -6 0 -7 1, prog's stdout is /dev/null
+        output = tmp_path / "output"
         prog = sh(
             "printf 'hello world\\n' >&7; (head -n 1 <&6; env | grep '^SSL_PROTOCOL=') > \"$1\"",
             str(output),
@@ -453,13 +453,31 @@ def test_usage_errors_are_one_line(argv: list[str], code: int) -> None:
 
 def test_unopened_network_fd_is_a_clear_error(pki: LoopbackPKI) -> None:
     proc = subprocess.run(
-        [program("s6-tlsc"), "-6", "42", "-7", "42", "true"],
+        [program("s6-tlsc"), "-6", "42", "-7", "43", "true"],
         capture_output=True,
         env=tls_env(pki),
         timeout=TIMEOUT,
     )
     assert proc.returncode == 111
     assert proc.stderr == b"s6-tlsc: fatal: file descriptor 42: Bad file descriptor\n"
+
+
+@pytest.mark.parametrize("name", ["s6-tlsc", "s6-ucspitlsc"])
+@pytest.mark.parametrize(
+    ("fds", "message"),
+    [
+        (["-6", "3", "-7", "3"], "read-fd and write-fd must be different"),
+        (["--read-fd=9", "--write-fd", "9"], "read-fd and write-fd must be different"),
+        (["-7", "6"], "read-fd and write-fd must be different"),
+        (["-6", "2"], "read-fd must be an unsigned integer (3 or more)"),
+        (["-7", "1"], "write-fd must be an unsigned integer (3 or more)"),
+    ],
+)
+def test_network_fds_are_checked_as_c_does(name: str, fds: list[str], message: str) -> None:
+    """C's rules for -6/-7: 3 or more, and different (else 100, before any fd is used)."""
+    proc = subprocess.run([program(name), *fds, "true"], capture_output=True, timeout=TIMEOUT)
+    assert proc.returncode == 100
+    assert proc.stderr == f"{name}: fatal: {message}\n".encode()
 
 
 def test_unexecutable_prog_is_a_clear_error(
@@ -775,11 +793,11 @@ def test_tlsc_started_with_stdin_and_stdout_closed(
         [
             "sh",
             "-c",
-            'exec 0<&- 1>&- "$0" -k localhost -6 3 -7 3 sh -c "$1"',
+            'exec 0<&- 1>&- "$0" -k localhost -6 3 -7 4 sh -c "$1"',
             program("s6-tlsc"),
             prog,
         ],
-        {3: client.fileno()},
+        {3: client.fileno(), 4: client.fileno()},
         tls_env(pki),
     )
     client.close()

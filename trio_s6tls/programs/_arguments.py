@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import UsageError
+from .._errors import EXIT_USAGE, Fatal, UsageError
 from .._tlsconfig import TLSOptions
 from ._cli import Parsed
 
@@ -30,7 +30,7 @@ def tls_options(values: Mapping[str, Any], **overrides: Any) -> TLSOptions:
         verbosity=merged.get("verbosity", defaults.verbosity),
         handshake_timeout_ms=merged.get("handshake_timeout_ms", defaults.handshake_timeout_ms),
         servername=merged.get("servername", defaults.servername),
-        sni_level=merged.get("sni_level", defaults.sni_level),
+        sni_level=merged.get("sni_level", merged.get("sni_flag", defaults.sni_level)),
         verify=merged.get("verify", defaults.verify),
         alpn=merged.get("alpn", defaults.alpn),
         ciphers=merged.get("ciphers", defaults.ciphers),
@@ -49,6 +49,24 @@ class WrapperArguments:
     keep_tls: bool  # -Z
 
 
+def _network_fds(values: Mapping[str, Any], default: tuple[int, int]) -> tuple[int, int]:
+    """``-6``/``-7`` as C checks them: 3 or more, and two different fds
+    (else 100)."""
+    fds = []
+    for dest, name, fd in (
+        ("network_read", "read-fd", default[0]),
+        ("network_write", "write-fd", default[1]),
+    ):
+        if dest in values:
+            fd = values[dest]
+            if fd < 3:
+                raise Fatal(EXIT_USAGE, f"{name} must be an unsigned integer (3 or more)")
+        fds.append(fd)
+    if fds[0] == fds[1]:
+        raise Fatal(EXIT_USAGE, "read-fd and write-fd must be different")
+    return fds[0], fds[1]
+
+
 def wrapper_arguments(parsed: Parsed, network: tuple[int, int]) -> WrapperArguments:
     if not parsed.operands:
         raise UsageError("no program to run")
@@ -56,9 +74,6 @@ def wrapper_arguments(parsed: Parsed, network: tuple[int, int]) -> WrapperArgume
     return WrapperArguments(
         prog=tuple(parsed.operands),
         options=tls_options(values),
-        network=(
-            values.get("network_read", network[0]),
-            values.get("network_write", network[1]),
-        ),
+        network=_network_fds(values, network),
         keep_tls=bool(values.get("keep_env", False)),
     )

@@ -59,7 +59,9 @@ SERVERNAME = Opt("k", "servername", "servername", parse=str, metavar="servername
                  help="send SNI servername and verify the server certificate against it")  # fmt: skip
 
 CLIENT_EXTRA = [
-    Opt("", "no-verify-cert", "verify", False,
+    Opt("", "verify-cert", "verify", True, group="verify",
+        help="verify the server certificate (default)"),
+    Opt("", "no-verify-cert", "verify", False, group="verify",
         help="do not verify the server certificate at all (insecure)"),
     Opt("", "alpn", "alpn", parse=_alpn, metavar="LIST",
         help="offer ALPN protocols (comma-separated)"),
@@ -77,9 +79,15 @@ SNI_LEVEL = Opt("k", "sni-level", "sni_level", parse=uint, metavar="sni_level",
                 help="0: KEYFILE/CERTFILE only (default); 1: also KEYFILE:NAME/\n"
                      "CERTFILE:NAME pairs; 2 and more: only those")  # fmt: skip
 
+#: ``--sni``/``--mandatory-sni`` store apart from ``-k``: as in C, a ``-k``
+#: anywhere on the line wins over them (see _arguments.tls_options).
+SNI_FLAGS = [
+    Opt("", "sni", "sni_flag", 1, group="sni", help="the same as -k 1 (a -k wins)"),
+    Opt("", "mandatory-sni", "sni_flag", 2, group="sni", help="the same as -k 2 (a -k wins)"),
+]  # fmt: skip
+
 SERVER_EXTRA = [
-    Opt("", "sni", "sni_level", 1, help="the same as -k 1"),
-    Opt("", "mandatory-sni", "sni_level", 2, help="the same as -k 2"),
+    *SNI_FLAGS,
     Opt("", "alpn", "alpn", parse=_alpn, metavar="LIST",
         help="ALPN protocols to accept, in preference order"),
     *BEYOND_C,
@@ -93,7 +101,7 @@ CLIENT_TLS = [*CLOSE, *CLIENT_CERT, VERBOSITY, HANDSHAKE_TIMEOUT, SERVERNAME, *C
 SERVER_TLS = [*CLOSE, *SERVER_CERT, VERBOSITY, HANDSHAKE_TIMEOUT, SNI_LEVEL, *SERVER_EXTRA]
 
 NOTIFY = [
-    Opt("d", "notify-fd", "notify_fd", parse=fd_number, metavar="notif",
+    Opt("d", ("notification-fd", "notify-fd"), "notify_fd", parse=fd_number, metavar="notif",
         help="write the SSL_* block to this fd after the handshake"),
 ]  # fmt: skip
 
@@ -105,10 +113,10 @@ KEEP_ENV = [
 ]  # fmt: skip
 
 NETWORK_FDS = [
-    Opt("6", None, "network_read", parse=fd_number, metavar="rfd",
-        help="read network data from rfd (default 6)"),
-    Opt("7", None, "network_write", parse=fd_number, metavar="wfd",
-        help="write network data to wfd (default 7)"),
+    Opt("6", "read-fd", "network_read", parse=fd_number, metavar="rfd",
+        help="read network data from rfd (default 6; 3 or more)"),
+    Opt("7", "write-fd", "network_write", parse=fd_number, metavar="wfd",
+        help="write network data to wfd (default 7; 3 or more, not rfd)"),
 ]  # fmt: skip
 
 ENV_HELP_CLIENT = """\
