@@ -54,13 +54,13 @@ from ._fdstreams import FdPairStream, same_object, stream_socket
 from ._handshake_info import Variables, describe_variables, handshake_variables
 from ._log import Log
 from ._memory_tls import MemoryTLS
-from ._records import RECORD_SIZE, RecordState
+from ._records import RecordState
 from ._socket_tls import SocketTLS
 from ._tls_errors import write_failure
 from ._tlsconfig import TLSOptions
 
 CHUNK = 256 * 1024  # large reads: few Python round trips per record
-FIRST_BUFFER = 2 * RECORD_SIZE
+FIRST_BUFFER = 4096  # an idle connection's: one page (lines, requests); grows when filled
 
 
 class TLSTransport(Protocol):
@@ -140,7 +140,7 @@ class _Tunnel:
         """Network → local (rules 3, 4 and 5)."""
         tls = self.tls
         # bytearray() zero-fills, so its pages are resident at once: an idle
-        # connection gets one record's worth, a busy one grows to CHUNK.
+        # connection gets a page, one whose reads fill it grows to CHUNK.
         buffer = bytearray(FIRST_BUFFER)
         view = memoryview(buffer)
         with self.down_scope:
@@ -152,7 +152,7 @@ class _Tunnel:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.discarding = True
                     self._linger_if_over()
-                if count > len(buffer) - RECORD_SIZE and len(buffer) < CHUNK:
+                if count > len(buffer) // 2 and len(buffer) < CHUNK:  # a stream, not a line
                     buffer = bytearray(CHUNK)
                     view = memoryview(buffer)
         if self.down_scope.cancelled_caught:

@@ -45,6 +45,8 @@ def _load() -> ctypes.CDLL | None:
         library.SSL_get_error.restype = ctypes.c_int
         library.ERR_clear_error.argtypes = []
         library.ERR_clear_error.restype = None
+        library.SSL_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        library.SSL_ctrl.restype = ctypes.c_long
     except (OSError, AttributeError):
         return None
     if _ssl._SSLSocket.__basicsize__ < _OWNER_OFFSET + _POINTER:  # type: ignore[attr-defined]
@@ -86,3 +88,19 @@ def send_close_notify_once(connection: ssl.SSLSocket | ssl.SSLObject) -> bool:
     if error == _SSL_ERROR_WANT_READ:  # nothing left to send: the alert is out
         return True
     raise ssl.SSLError(error, "unable to send close_notify")
+
+
+_SSL_CTRL_MODE = 33
+_SSL_MODE_RELEASE_BUFFERS = 0x10
+
+
+def release_idle_buffers(connection: ssl.SSLSocket | ssl.SSLObject) -> bool:
+    """Let OpenSSL free the connection's record buffers (some 34 KiB)
+    whenever they are empty (``SSL_MODE_RELEASE_BUFFERS``): an idle
+    connection then holds none. False if this interpreter does not allow
+    it (the buffers then stay, which is only memory)."""
+    pointer = _ssl_pointer(connection) if _LIBRARY is not None else None
+    if pointer is None or _LIBRARY is None:
+        return False
+    _LIBRARY.SSL_ctrl(pointer, _SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS, None)
+    return True

@@ -22,6 +22,7 @@ import ssl
 import trio
 
 from ._errors import Fatal
+from ._openssl import release_idle_buffers
 from ._records import RECORD_SIZE, attach
 from ._tls_errors import handshake_failure, read_failure, reset_failure
 
@@ -47,6 +48,7 @@ class SocketTLS:
             do_handshake_on_connect=False,
             suppress_ragged_eofs=False,
         )
+        release_idle_buffers(self.connection)  # an idle connection holds no record buffers
         self.records = attach(self.connection)
         self.close_notify_sent = False
         self._fin_sent = False
