@@ -22,6 +22,11 @@ from support import ClientCert, Network, issue_client_cert, reap_spawned
 
 from trio_s6tls.testing import LoopbackPKI
 
+# Name lookups go to the DNS as C's do (s6-dns: $DNSCACHEIP, else
+# /etc/resolv.conf): no server listens on 127.0.0.2, so every lookup a
+# test's programs make fails at once, the same way on every machine.
+os.environ["DNSCACHEIP"] = "127.0.0.2"
+
 
 @pytest.fixture(autouse=True)
 def _no_process_outlives_its_test() -> Iterator[None]:

@@ -140,7 +140,7 @@ DOCUMENTED_DIFFERENCES: dict[str, Documented] = {
         c="no SNI and no name check for an IP literal: any certificate of a trusted CA is accepted",
         ours="no SNI, but the certificate is checked against the IP (98 without an IP SAN)",
         reason="checking the address keeps a client from being fooled; -k NAME checks a name instead (issue 11 row 5)",
-        doc="docs/migration.rst#what-changes, docs/programs/s6-tlsclient.rst (issue 11 asks for it there)",
+        doc="docs/migration.rst#what-changes (An IP address as s6-tlsclient's host), docs/programs/s6-tlsclient.rst",
     ),
     "s6-tlsd-io/notify/-Y-untrusted-ca": Documented(
         fields=("exit", "stderr", "handshake", "block", "server cert", "data", "app then reads"),
@@ -238,9 +238,6 @@ _EXEC_RULE = "row 2: an exec rule keeps TLS"
 _CDB = "row 3: -x is not wired to the CDB reader yet"
 _BROKEN_ENTRY = "a broken rules entry is not reported as C reports it"
 _USAGE_WORDING = "usage: where C says fatal: (not decided or documented yet)"
-_IP_LITERAL_NAMES = (
-    "rows 5 and 11: SSL_TLS_SNI_SERVERNAME exported for an IP literal; host names by libc"
-)
 _NAMES = "row 11: host names by libc (/etc/hosts always), without the final dot"
 _GROUPS = "row 10: TLS_UID/TLS_GID keep a supplementary group"
 
@@ -258,15 +255,7 @@ KNOWN_GAPS: dict[str, Gap] = {
     "s6-tlsserver/error/unknown-option": Gap(("stderr",), _USAGE_WORDING),
     "s6-tlsserver/error/-c-not-a-number": Gap(("stderr",), _USAGE_WORDING),
     "s6-tcpserver/env/default": Gap(("env",), _NAMES),
-    "s6-tlsclient/env/ip-literal-lookups": Gap(("env",), _IP_LITERAL_NAMES),
-    "s6-tlsclient/env/-h": Gap(("env",), _IP_LITERAL_NAMES),
-    "s6-tlsclient/name/-h-localhost": Gap(("env",), _NAMES),
-    "s6-tlsclient/name/localhost-no-hosts": Gap(
-        ("exit", "stderr", "handshake", "SNI received", "env", "after"), _NAMES
-    ),
     "s6-tlsclient/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
-    "s6-tcpclient/env/default": Gap(("env",), _NAMES),
-    "s6-tcpclient/env/-h": Gap(("env",), _NAMES),
     "s6-tcpclient/error/bad-port": Gap(("stderr",), _USAGE_WORDING),
     "s6-tlsd/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
     "s6-tlsd-io/identity/TLS_UID": Gap(("engine ids",), _GROUPS),

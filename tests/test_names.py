@@ -27,6 +27,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -329,6 +330,39 @@ def test_reverse_name_from_hosts(dns_server: TinyDNS, hosts_file: str) -> None:
     reverse_name("192.0.2.50", use_hosts=True, **options)
     assert len(dns_server.questions) == before  # found in the file: no query
     assert reverse_name("::1", use_hosts=True, **options) == "six.example.com."
+
+
+def test_paranoid_reverse_name_must_resolve_back(dns_server: TinyDNS, hosts_file: str) -> None:
+    """s6-tcpserver-access -p: a name from the DNS counts only if its A
+    (AAAA) records include the address; one from the hosts file is trusted."""
+    dns_server.add("9.0.0.127.in-addr.arpa.", "PTR", "Back.Example.COM.")
+    dns_server.add("back.example.com.", "A", "192.0.2.9", "127.0.0.9")
+    dns_server.add("10.0.0.127.in-addr.arpa.", "PTR", "four.example.com.")  # A: 192.0.2.4
+
+    def paranoid(ip: str, **extra: Any) -> str | None:
+        options = {"use_hosts": False, **ask(dns_server), **extra}
+        return reverse_name(ip, paranoid=True, **options)
+
+    assert paranoid("127.0.0.9") == "back.example.com."
+    assert paranoid("127.0.0.10") is None
+    assert reverse_name("127.0.0.10", use_hosts=False, **ask(dns_server)) == "four.example.com."
+    assert paranoid("127.0.0.1") is None  # loop.example.com. has no A record
+    assert paranoid("127.0.0.1", use_hosts=True, hosts_path=hosts_file) == "hostloop."
+    assert paranoid("::1") is None  # six.example.com.'s AAAA is another address
+
+
+def test_no_server_there_fails_at_once() -> None:
+    """A server address where nothing listens: the ICMP error ends the
+    lookup at once (s6-dns' connected UDP), not the timeout."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options: dict[str, Any] = {"nameservers": ["127.0.0.1"], "port": port, "timeout": TIMEOUT}
+    with pytest.raises(NameLookupError) as raised:
+        forward_addresses("example.com", use_hosts=False, **options)
+    assert raised.value.message == "unable to resolve example.com: no available DNS server"
+    assert not raised.value.timed_out
+    assert reverse_name("127.0.0.1", use_hosts=False, **options) is None
 
 
 @pytest.mark.parametrize(

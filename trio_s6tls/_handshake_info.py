@@ -9,6 +9,7 @@ apart from :func:`handshake_variables`, which reads a finished connection.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import ssl
 from collections.abc import Mapping
 
@@ -34,6 +35,18 @@ Variables = dict[str, str | None]
 NO_CERT_HASH = "SHA256:" + "0" * 64
 
 
+def _sni_sent(server_hostname: str | None) -> str | None:
+    # ssl checks an IP address against the certificate but sends no SNI
+    # for it (RFC 6066): nothing to export then.
+    if server_hostname is None:
+        return None
+    try:
+        ipaddress.ip_address(server_hostname)
+    except ValueError:
+        return server_hostname
+    return None
+
+
 def handshake_variables(
     conn: ssl.SSLSocket | ssl.SSLObject,
     *,
@@ -52,7 +65,7 @@ def handshake_variables(
     ``SSL_PEER_CERT_SUBJECT`` unset); without it the hash is unset too.
     """
     cipher = conn.cipher()
-    sni = getattr(conn, "s6_sni_name", None) if server_side else conn.server_hostname
+    sni = getattr(conn, "s6_sni_name", None) if server_side else _sni_sent(conn.server_hostname)
     peer = conn.getpeercert(binary_form=True)
     variables: Variables = {
         "SSL_PROTOCOL": conn.version(),

@@ -37,18 +37,25 @@ the grammar notes beside it describe a state it never enters.) Any error
 makes the whole file unusable: a :class:`NameLookupError`, as C's ``init
 DNS`` failure.
 
-The DNS is asked through dnspython, imported on first use; every lookup is
-bounded by ``timeout`` seconds (C waits as long as ``-t`` says, forever by
-default). Where ``nameservers`` is not given they come from
-``$DNSCACHEIP``, else the ``nameserver`` lines of ``/etc/resolv.conf``,
-else ``::1``, as s6-dns finds them. All functions block: call them from a
-thread (``trio.to_thread.run_sync``) or before the event loop starts.
+The DNS is asked as s6-dns' engine asks it (:func:`_ask`): over a
+connected UDP socket, so that a server that is not there fails at once
+(ICMP) and the next one is tried; each server in turn, in rounds of 3, 11
+and 45 seconds; TCP after a truncated answer. dnspython, imported on first
+use, only builds and reads the messages. Every lookup is bounded by
+``timeout`` seconds (C waits as long as ``-t`` says, forever by default).
+When all servers fail: ``no available DNS server``, as s6-dns says. Where
+``nameservers`` is not given they come from ``$DNSCACHEIP``, else the
+``nameserver`` lines of ``/etc/resolv.conf``, else ``::1``, as s6-dns
+finds them. All functions block: call them from a thread
+(``trio.to_thread.run_sync``) or before the event loop starts.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,7 +64,7 @@ from typing import TYPE_CHECKING
 from ._errors import EXIT_SYSTEM, Fatal, describe_os_error
 
 if TYPE_CHECKING:
-    import dns.resolver
+    import dns.message
 
 HOSTS_PATH = "/etc/hosts"
 RESOLV_CONF = "/etc/resolv.conf"
@@ -291,18 +298,11 @@ def default_nameservers(
     return servers[:MAX_SERVERS] or ["::1"]
 
 
-def _resolver(
-    nameservers: Sequence[str] | None, port: int, timeout: float
-) -> dns.resolver.Resolver:
-    # Imported here, not at the top: most runs never ask the DNS.
-    import dns.resolver
-
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = list(nameservers) if nameservers else default_nameservers()
-    resolver.port = port
-    resolver.lifetime = timeout
-    resolver.timeout = min(timeout, 2.0)  # per attempt: try the next server soon
-    return resolver
+#: s6-dns' waits for a UDP answer, one round over the servers each: 1, 3,
+#: 11 and 45 seconds, the first skipped when recursion is asked (always here).
+UDP_WAITS = (3.0, 11.0, 45.0)
+#: ... and for a TCP answer (after a truncated UDP one), one round.
+TCP_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -313,37 +313,111 @@ class _Answer:
     timed_out: bool = False
 
 
-def _ask(resolver: dns.resolver.Resolver, qname: str, rdtype: str) -> _Answer:
+def _udp_exchange(query: dns.message.Message, server: str, port: int, wait: float) -> bytes | None:
+    # A connected socket, as s6-dns uses: a server that is not there is an
+    # ICMP error, ConnectionRefusedError here, and the next server is tried
+    # at once instead of after the wait. None: no answer within ``wait``.
     import dns.exception
-    import dns.name
-    import dns.resolver
+    import dns.message
+
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect((server, port))
+        sock.send(query.to_wire())
+        end = time.monotonic() + wait
+        while (left := end - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data = sock.recv(65535)
+            except TimeoutError:
+                return None
+            try:
+                if query.is_response(dns.message.from_wire(data)):
+                    return data
+            except dns.exception.DNSException:
+                pass  # not an answer to this query: wait on, as s6-dns does
+    return None
+
+
+def _tcp_exchange(query: dns.message.Message, server: str, port: int, wait: float) -> bytes | None:
+    import dns.exception
+    import dns.query
 
     try:
-        answer = resolver.resolve(
-            dns.name.from_text(qname), rdtype, search=False, raise_on_no_answer=False
-        )
-    except dns.resolver.NXDOMAIN:
-        return _Answer([], [], "no such domain")
-    except dns.resolver.LifetimeTimeout:
+        return dns.query.tcp(query, server, timeout=wait, port=port).to_wire()
+    except dns.exception.Timeout:
+        return None
+    except dns.exception.DNSException:
+        raise OSError("bad answer") from None
+
+
+def _ask(servers: Sequence[str], port: int, qname: str, rdtype: str, deadline: float) -> _Answer:
+    """One question, asked as s6-dns' engine asks it: the servers in turn,
+    round after round (:data:`UDP_WAITS`), a server that refuses the query
+    (FORMERR, NOTIMP, REFUSED) dropped, a truncated answer asked again over
+    TCP; all of it by ``deadline`` (``time.monotonic()``)."""
+    import dns.flags
+    import dns.message
+    import dns.rcode
+    import dns.rdataclass
+    import dns.rdatatype
+
+    query = dns.message.make_query(qname, rdtype)  # recursion desired, as S6DNS_O_RECURSIVE
+    alive = list(servers)
+    rounds: list[tuple[float, bool]] = [(wait, False) for wait in UDP_WAITS]
+    server_failure = False
+    while rounds:
+        wait, tcp = rounds.pop(0)
+        for server in list(alive):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return _Answer([], [], "query timed out", timed_out=True)
+            exchange = _tcp_exchange if tcp else _udp_exchange
+            try:
+                data = exchange(query, server, port, min(wait, left))
+            except OSError:
+                continue  # refused, unreachable...: the next server
+            if data is None:
+                continue
+            response = dns.message.from_wire(data)
+            if response.flags & dns.flags.TC and not tcp:
+                rounds = [(TCP_WAIT, True)]
+                break
+            rcode = response.rcode()
+            if rcode == dns.rcode.NXDOMAIN:
+                return _Answer([], [], "no such domain")
+            if rcode in (dns.rcode.FORMERR, dns.rcode.NOTIMP, dns.rcode.REFUSED):
+                alive.remove(server)  # s6-dns does not ask it again
+                continue
+            if rcode != dns.rcode.NOERROR:
+                server_failure = True
+                continue
+            wanted = dns.rdatatype.from_text(rdtype)
+            names: list[tuple[bytes, ...]] = []
+            addresses: list[bytes] = []
+            for rrset in response.answer:
+                if rrset.rdtype != wanted or rrset.rdclass != dns.rdataclass.IN:
+                    continue
+                for rdata in rrset:
+                    if rdtype == "PTR":
+                        names.append(tuple(rdata.target.labels))
+                    else:
+                        addresses.append(ipaddress.ip_address(rdata.address).packed)
+            return _Answer(names, addresses, None)
+    if time.monotonic() >= deadline:
         return _Answer([], [], "query timed out", timed_out=True)
-    except dns.resolver.NoNameservers:
-        return _Answer([], [], "server failure")
-    except dns.exception.DNSException as error:
-        return _Answer([], [], f"unknown network error ({error})")
-    names: list[tuple[bytes, ...]] = []
-    addresses: list[bytes] = []
-    for rdata in answer.rrset or ():
-        if rdtype == "PTR":
-            names.append(tuple(rdata.target.labels))
-        else:
-            addresses.append(ipaddress.ip_address(rdata.address).packed)
-    return _Answer(names, addresses, None)
+    return _Answer([], [], "server failure" if server_failure else "no available DNS server")
+
+
+def _servers(nameservers: Sequence[str] | None) -> list[str]:
+    return list(nameservers) if nameservers else default_nameservers()
 
 
 def reverse_name(
     ip: str,
     *,
     use_hosts: bool,
+    paranoid: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     nameservers: Sequence[str] | None = None,
     port: int = 53,
@@ -351,23 +425,36 @@ def reverse_name(
 ) -> str | None:
     """The name of ``ip`` as s6-tcpclient and s6-tcpserver-access find it
     (see the module's docstring): ``"name."``, an ``/etc/hosts`` alias,
-    ``""`` (answered, no name) or ``None`` (no answer). Raises
-    :class:`NameLookupError` only for an unusable hosts file."""
+    ``""`` (answered, no name) or ``None`` (no answer). ``paranoid``
+    (s6-tcpserver-access ``-p``): a name from the DNS counts only if its A
+    (or AAAA) records include ``ip``, else ``None``; one from the hosts
+    file is taken as it is, as C does. Raises :class:`NameLookupError`
+    only for an unusable hosts file."""
+    deadline = time.monotonic() + timeout
     packed = _packed(ip)
     if use_hosts:
         hosts = read_hosts(hosts_path)
         names = hosts.names_by_address.get(packed) if hosts is not None else None
         if names:
             return names[0].decode("utf-8", "surrogateescape")
-    import dns.reversename
-
-    qname = dns.reversename.from_address(format_address(packed)).to_text()
-    answer = _ask(_resolver(nameservers, port, timeout), qname, "PTR")
+    servers = _servers(nameservers)
+    answer = _ask(servers, port, _arpa_name(packed), "PTR", deadline)
     if answer.error is not None:
         return None
     if not answer.names:
         return ""
-    return _c_name_text(answer.names[0])
+    name = _c_name_text(answer.names[0])
+    if paranoid and name:
+        back = _ask(servers, port, name, "AAAA" if len(packed) == 16 else "A", deadline)
+        if packed not in back.addresses:
+            return None
+    return name
+
+
+def _arpa_name(packed: bytes) -> str:
+    if len(packed) == 4:
+        return ".".join(str(byte) for byte in reversed(packed)) + ".in-addr.arpa."
+    return ".".join(reversed(packed.hex())) + ".ip6.arpa."
 
 
 def forward_addresses(
@@ -400,13 +487,16 @@ def forward_addresses(
             chosen = {"4": v4, "6": v6, "46": v4 + v6 if v4 else []}[families]
             if chosen:
                 return [format_address(a) for a in chosen]
-    resolver = _resolver(nameservers, port, timeout)
+    deadline = time.monotonic() + timeout
+    servers = _servers(nameservers)
     text = qname.decode("utf-8", "surrogateescape")
     rdtypes = {"4": ["A"], "6": ["AAAA"], "46": ["AAAA", "A"]}[families]
     # Both families at once, as s6-dns asks them; the pool's threads are
     # joined before returning (no thread outlives the call: safe to fork).
     with ThreadPoolExecutor(max_workers=len(rdtypes)) as pool:
-        answers = list(pool.map(lambda rdtype: _ask(resolver, text, rdtype), rdtypes))
+        answers = list(
+            pool.map(lambda rdtype: _ask(servers, port, text, rdtype, deadline), rdtypes)
+        )
     addresses = [format_address(a) for answer in answers for a in answer.addresses]
     if addresses:
         return addresses

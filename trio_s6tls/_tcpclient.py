@@ -1,10 +1,15 @@
 """The TCP half of s6-tcpclient and s6-tlsclient: resolve, connect, describe.
 
 Theory of operation — everything here is blocking and runs **before** any
-event loop and before any fork, in a process with one thread:
+event loop and before any fork; the name lookups run in threads that are
+joined before the call returns (no thread outlives it: safe to fork):
 
-1. ``getaddrinfo`` resolves the host (an IP literal or a name) into every
-   address of the allowed families (``-4``/``-6``), in the resolver's order.
+1. The host is an IP address, or a list of them (``a,b``, as C's
+   ``ip46_scanlist``), or ``0``/empty (``::1`` then ``127.0.0.1``), or a
+   name, which :mod:`~trio_s6tls._names` resolves as s6-dns does: the DNS
+   only, ``/etc/hosts`` first with ``-h``; AAAA then A records (``-4``/
+   ``-6``: one family). ``-H`` means no lookups at all: a name is then a
+   usage error, as in C.
 2. Connection attempts go through the addresses one by one, like
    ucspi-tcp's tcpclient: a first round with ``X`` seconds per address, then
    a second round with ``Y`` seconds for the addresses that timed out (not
@@ -12,24 +17,28 @@ event loop and before any fork, in a process with one thread:
    whole thing. ``-i``/``-p`` bind the local end first.
 3. The connected socket is described with the UCSPI client variables
    (``PROTO``, ``TCPLOCALIP``, ... ``TCPREMOTEINFO`` unset); host names come
-   from reverse lookups unless ``-H`` (``-l`` names the local host; ``-n``
-   keeps a remote name only if it resolves back to the address).
+   from reverse lookups (both at once) unless ``-H``: ``name.`` from the
+   DNS, empty when the server knows no name, unset when it did not answer;
+   ``-l`` names the local host; ``-n`` keeps a remote name only if it
+   resolves back to the address.
 
-Blocking calls here are deliberate: trio's ``getaddrinfo`` runs in a worker
-thread, and a live thread at fork time is a trap (docs/design.rst, "Process model").
+Lookups are bounded by ``-t``, or :data:`~trio_s6tls._names.DEFAULT_TIMEOUT`
+seconds without it.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
+import re
 import socket
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ._access import reverse_name
-from ._errors import EXIT_SYSTEM, EXIT_USAGE, Fatal, describe_os_error
+from ._errors import EXIT_SYSTEM, EXIT_USAGE, Fatal, UsageError, describe_os_error
 from ._log import Log
 from ._ucspi import tcp_environment
 
@@ -42,7 +51,8 @@ class TcpClientOptions:
 
     family: int = socket.AF_UNSPEC  # -4 / -6
     nodelay: bool = False  # -D
-    lookup_names: bool = True  # -h (default) / -H
+    lookup_names: bool = True  # -H turns it off: no lookup at all
+    use_hosts: bool = False  # -h: /etc/hosts before the DNS
     paranoid: bool = False  # -n / -N (default)
     local_name: str | None = None  # -l
     total_timeout: float = 0.0  # -t, 0 = none
@@ -70,23 +80,62 @@ def parse_rounds(text: str) -> tuple[float, float]:
     return parse_seconds(first), parse_seconds(second) if plus else 0.0
 
 
-def resolve(host: str, port: str, family: int) -> list[AddressInfo]:
-    """Every (family, ip, sockaddr) for host:port, in the resolver's order."""
+#: s6-tcpclient tries at most this many addresses.
+MAX_ADDRESSES = 16
+_LIST_SEPARATORS = re.compile(r"[,; \t\r\n]+")
+
+
+def ip_list(host: str) -> list[str] | None:
+    """``host`` as a list of IP addresses (``a,b c;d``), or None if it is
+    not one (a name)."""
+    words = [word for word in _LIST_SEPARATORS.split(host) if word]
     try:
-        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    except socket.gaierror as error:
-        code = EXIT_USAGE if error.errno == socket.EAI_SERVICE else EXIT_SYSTEM
-        raise Fatal(code, f"unable to resolve {host} port {port}: {error.strerror}") from None
-    except UnicodeError:
-        raise Fatal(EXIT_USAGE, f"invalid host name: {host!r}") from None
-    seen: set[tuple[object, ...]] = set()
+        return [str(ipaddress.ip_address(word)) for word in words[:MAX_ADDRESSES]] or None
+    except ValueError:
+        return None
+
+
+def lookup_timeout(options: TcpClientOptions) -> float:
+    """The bound on each name lookup: ``-t``, else the library's default."""
+    from ._names import DEFAULT_TIMEOUT
+
+    return options.total_timeout or DEFAULT_TIMEOUT
+
+
+def resolve(host: str, port: str, options: TcpClientOptions) -> list[AddressInfo]:
+    """Every (family, ip, sockaddr) for host:port (see the module doc)."""
+    port_number = int(port)
+    ips: list[str] | None
+    if host in ("", "0"):
+        ips = ["::1", "127.0.0.1"]
+    else:
+        ips = ip_list(host)
+        if ips is not None and options.family != socket.AF_UNSPEC:
+            # -4/-6: C scans addresses of that family only, else takes a name.
+            version = 6 if options.family == socket.AF_INET6 else 4
+            ips = [ip for ip in ips if ipaddress.ip_address(ip).version == version] or None
+        if ips is None and not options.lookup_names:
+            raise UsageError(f"with -H, host must be an IP address, not {host!r}")
+        if ips is None:
+            from ._names import forward_addresses
+
+            families = {int(socket.AF_INET): "4", int(socket.AF_INET6): "6"}.get(
+                options.family, "46"
+            )
+            ips = forward_addresses(
+                host,
+                use_hosts=options.use_hosts,
+                families=families,
+                timeout=lookup_timeout(options),
+            )[:MAX_ADDRESSES]
+    if not ips:
+        raise Fatal(EXIT_USAGE, f"no IP address for {host}")
     addresses: list[AddressInfo] = []
-    for fam, _, _, _, sockaddr in infos:
-        if (fam, *sockaddr) not in seen:
-            seen.add((fam, *sockaddr))
-            addresses.append((fam, str(sockaddr[0]), sockaddr))  # type: ignore[arg-type]
-    if not addresses:
-        raise Fatal(EXIT_SYSTEM, f"unable to resolve {host}: no address of the requested family")
+    for ip in ips:
+        if ":" in ip:
+            addresses.append((socket.AF_INET6, ip, (ip, port_number, 0, 0)))
+        else:
+            addresses.append((socket.AF_INET, ip, (ip, port_number)))
     return addresses
 
 
@@ -159,15 +208,29 @@ def connect(
 
 
 def client_environment(sock: socket.socket, options: TcpClientOptions) -> dict[str, str | None]:
-    """The UCSPI client variables for a connected socket."""
+    """The UCSPI client variables for a connected socket (host names: see
+    the module doc)."""
     local = sock.getsockname()
     remote = sock.getpeername()
     local_host = options.local_name
     remote_host = None
     if options.lookup_names:
-        remote_host = reverse_name(remote[0], paranoid=options.paranoid)
-        if local_host is None:
-            local_host = reverse_name(local[0])
+        from ._names import reverse_name
+
+        def lookup(ip: str, paranoid: bool) -> str | None:
+            return reverse_name(
+                ip,
+                use_hosts=options.use_hosts,
+                paranoid=paranoid,
+                timeout=lookup_timeout(options),
+            )
+
+        # Both at once, as s6-tcpclient asks them; joined before returning.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            remote_lookup = pool.submit(lookup, str(remote[0]), options.paranoid)
+            if local_host is None:
+                local_host = lookup(str(local[0]), False)
+            remote_host = remote_lookup.result()
     return tcp_environment(
         local=(local[0], local[1]),
         remote=(remote[0], remote[1]),
@@ -181,7 +244,7 @@ def open_connection(
 ) -> tuple[int, dict[str, str | None]]:
     """Resolve, connect and describe: the socket's fd (close-on-exec, above
     the fds an interface names) and its UCSPI variables."""
-    addresses = resolve(host, port, options.family)
+    addresses = resolve(host, port, options)
     sock = connect(f"{host} port {port}", addresses, options, log)
     if options.nodelay:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

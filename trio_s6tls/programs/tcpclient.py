@@ -46,9 +46,11 @@ TCP_OPTIONS = [
     Opt("r", "ident", "ident", True, group="ident", help="IDENT lookup (unsupported)"),
     Opt("R", "no-ident", "ident", False, group="ident", help="no IDENT lookup (default)"),
     Opt("", "no-hosts", "use_hosts", False, help="undo -h (default)"),
-    Opt("h", "hosts", "use_hosts", True, help="look names up in /etc/hosts before the DNS"),
+    Opt("h", "hosts", "use_hosts", True,
+        help="look names up in /etc/hosts before the DNS (default: the DNS only)"),
     Opt("", "dns", "lookup_names", True, help="undo -H (default)"),
-    Opt("H", ("no-dns", "no-lookup"), "lookup_names", False, help="do not look up host names"),
+    Opt("H", ("no-dns", "no-lookup"), "lookup_names", False,
+        help="no name lookups at all: host must be an IP address"),
     Opt("n", "qualify", "paranoid", True, group="paranoid",
         help="keep TCPREMOTEHOST only if it resolves back"),
     Opt("N", "no-qualify", "paranoid", False, group="paranoid", help="keep it always (default)"),
@@ -70,9 +72,10 @@ PROGRAM = Program(
     TCP_OPTIONS,
     operands="host port prog...",
     summary="Connects to host:port (an IP address, or a name tried over all its\n"
-    "addresses), then execs into prog with fd 6 reading from and fd 7 writing to\n"
-    "the connection, and PROTO, TCPREMOTEIP, TCPREMOTEPORT, TCPLOCALIP,\n"
-    "TCPLOCALPORT, TCPREMOTEHOST, TCPLOCALHOST in its environment.",
+    "addresses; names are asked to the DNS servers of $DNSCACHEIP or\n"
+    "/etc/resolv.conf), then execs into prog with fd 6 reading from and fd 7\n"
+    "writing to the connection, and PROTO, TCPREMOTEIP, TCPREMOTEPORT,\n"
+    "TCPLOCALIP, TCPLOCALPORT, TCPREMOTEHOST, TCPLOCALHOST in its environment.",
     epilog="Exit codes: 100 wrong usage; 111 system call failed (resolution, connection, exec).",
 )
 
@@ -93,6 +96,7 @@ def tcp_options(values: Mapping[str, Any]) -> TcpClientOptions:
         family=families.get(values.get("family", 0), socket.AF_UNSPEC),
         nodelay=values.get("nodelay", defaults.nodelay),
         lookup_names=values.get("lookup_names", defaults.lookup_names),
+        use_hosts=values.get("use_hosts", defaults.use_hosts),
         paranoid=values.get("paranoid", defaults.paranoid),
         local_name=values.get("local_name", defaults.local_name),
         total_timeout=values.get("total_timeout", defaults.total_timeout),
