@@ -239,7 +239,6 @@ _CDB = "row 3: -x is not wired to the CDB reader yet"
 _BROKEN_ENTRY = "a broken rules entry is not reported as C reports it"
 _USAGE_WORDING = "usage: where C says fatal: (not decided or documented yet)"
 _NAMES = "row 11: host names by libc (/etc/hosts always), without the final dot"
-_GROUPS = "row 10: TLS_UID/TLS_GID keep a supplementary group"
 
 KNOWN_GAPS: dict[str, Gap] = {
     "s6-tlsserver/env/default": Gap(("env",), _NAMES),
@@ -258,7 +257,6 @@ KNOWN_GAPS: dict[str, Gap] = {
     "s6-tlsclient/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
     "s6-tcpclient/error/bad-port": Gap(("stderr",), _USAGE_WORDING),
     "s6-tlsd/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
-    "s6-tlsd-io/identity/TLS_UID": Gap(("engine ids",), _GROUPS),
     "s6-tlsc-io/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
 }
 

@@ -114,12 +114,14 @@ def parse_identity(env: Mapping[str, str]) -> tuple[int | None, int | None]:
 
 
 def drop_privileges(uid: int | None, gid: int | None) -> None:
-    """As root only: gid first, then uid (after keys are loaded)."""
-    if os.geteuid() != 0:
+    """As root only: no supplementary groups, then gid, then uid (after keys
+    are loaded). C's engines leave the supplementary groups as they found
+    them; ours clear them, so that no root group survives the drop."""
+    if os.geteuid() != 0 or (uid is None and gid is None):
         return
     try:
+        os.setgroups([])
         if gid is not None:
-            os.setgroups([gid])
             os.setgid(gid)
         if uid is not None:
             os.setuid(uid)
