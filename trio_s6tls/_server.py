@@ -120,6 +120,7 @@ class ServerConfig:
     groups: Sequence[int] | None = None
     keep_env: bool = False  # -Z: leave CERTFILE, KEYFILE... in prog's env
     report_resumption: bool = False  # export SSL_SESSION_RESUMED
+    server_type: Callable[..., Server] | None = None  # a Server subclass (see _inline_server)
     log: Log = field(default_factory=lambda: Log("trio_s6tls"))
 
     @property
@@ -560,7 +561,7 @@ async def serve(
     ``on_finished`` is called once per ended connection, refused ones
     included. The listeners are closed when accepting stops, either way.
     """
-    server = Server(config, on_finished)
+    server = (config.server_type or Server)(config, on_finished)
     for listener in listeners:
         name = listener.socket.getsockname()
         server.addresses.append((str(name[0]), int(name[1])))

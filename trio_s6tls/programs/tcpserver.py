@@ -90,9 +90,13 @@ one exits at once; SIGHUP send SIGTERM and SIGCONT to every prog; SIGQUIT the
 same, then exit; SIGABRT SIGKILL every prog, then exit.
 """
 
+#: ours only: s6-tcpserver … s6-tlsd prog is served in process unless told not to
+INLINE_TLSD = Opt("", "no-inline-tlsd", "inline_tlsd", False,
+                  help="run a prog that is our s6-tlsd as its own process")  # fmt: skip
+
 PROGRAM = Program(
     "s6-tcpserver",
-    TCP_SERVER,
+    [*TCP_SERVER, INLINE_TLSD],
     operands="ip port prog...",
     summary="Listens on ip:port (port 0: any free port) and, for every connection, runs prog\n"
     "with the socket as stdin and stdout and the UCSPI variables PROTO, TCPLOCALIP,\n"
@@ -207,9 +211,16 @@ def server_launch(
 
 
 def run(parsed: Parsed) -> int:
+    import os
+
     from ._superserver import launch
 
-    return launch(server_launch(parsed, name=PROGRAM.name))
+    plan = server_launch(parsed, name=PROGRAM.name)
+    if parsed.values.get("inline_tlsd", True):
+        from ._inline_tlsd import with_inline_tlsd
+
+        plan = with_inline_tlsd(plan, os.environ)
+    return launch(plan)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
