@@ -67,3 +67,49 @@ print("IMPORTED", "trio" in sys.modules, "ssl" in sys.modules)
 def test_fast_paths_do_not_import_trio_or_ssl(module: str, argv: list[str]) -> None:
     result = run(sys.executable, "-c", CHECK_IMPORTS.format(module=module, argv=argv))
     assert result.stdout.splitlines()[-1] == "IMPORTED False False", result.stderr
+
+
+#: The programs whose C counterparts parse options with skalibs' gol: a bad
+#: option is a one-line ``fatal:`` (100). C's s6-tcpclient and s6-tcpserver
+#: use subgetopt and print their usage line instead.
+GOL_PROGRAMS = sorted(set(PROGRAMS) - {"s6-tcpclient", "s6-tcpserver"})
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["-%"], "unrecognized option: -%"),
+        (["--bogus"], "unrecognized option: --bogus"),
+        (["--version=1"], "option --version must not have an argument"),
+    ],
+)
+def test_option_errors_in_cs_category(name: str, argv: list[str], words: str) -> None:
+    result = run(program(name), *argv, "127.0.0.1", "1", "true")
+    assert result.returncode == 100
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    if name in GOL_PROGRAMS:
+        assert lines[0] == f"{name}: fatal: {words}"
+    else:
+        assert lines[0].startswith(f"{name}: usage: {name} ")
+        assert lines[0].endswith(f"({words})")
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "line"),
+    [
+        ("s6-tlsclient", ["-K", "x", "h", "1", "true"], "invalid argument for -K: 'x'"),
+        (
+            "s6-tlsd",
+            ["--handshake-timeout=-1", "true"],
+            "invalid argument for --handshake-timeout: '-1'",
+        ),
+        ("s6-tcpclient", ["127.0.0.1", "xyz", "true"], "invalid port number: 'xyz'"),
+        ("s6-tlsclient", ["127.0.0.1", "99999", "true"], "invalid port number: '99999'"),
+    ],
+)
+def test_bad_values_are_one_fatal_line(name: str, argv: list[str], line: str) -> None:
+    result = run(program(name), *argv)
+    assert result.returncode == 100
+    assert result.stderr.splitlines() == [f"{name}: fatal: {line}"], result.stderr

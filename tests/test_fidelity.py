@@ -237,7 +237,6 @@ class Gap:
 _EXEC_RULE = "row 2: an exec rule keeps TLS"
 _CDB = "row 3: -x is not wired to the CDB reader yet"
 _BROKEN_ENTRY = "a broken rules entry is not reported as C reports it"
-_USAGE_WORDING = "usage: where C says fatal: (not decided or documented yet)"
 _NAMES = "row 11: host names by libc (/etc/hosts always), without the final dot"
 
 KNOWN_GAPS: dict[str, Gap] = {
@@ -251,13 +250,7 @@ KNOWN_GAPS: dict[str, Gap] = {
         ("start", "handshake", "cleartext", "server", "stderr"), _CDB
     ),
     "s6-tlsserver/rules/-i-broken-entry": Gap(("stderr",), _BROKEN_ENTRY),
-    "s6-tlsserver/error/unknown-option": Gap(("stderr",), _USAGE_WORDING),
-    "s6-tlsserver/error/-c-not-a-number": Gap(("stderr",), _USAGE_WORDING),
     "s6-tcpserver/env/default": Gap(("env",), _NAMES),
-    "s6-tlsclient/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
-    "s6-tcpclient/error/bad-port": Gap(("stderr",), _USAGE_WORDING),
-    "s6-tlsd/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
-    "s6-tlsc-io/error/-K-not-a-number": Gap(("stderr",), _USAGE_WORDING),
 }
 
 

@@ -212,8 +212,8 @@ CASES = [
     ("s6-tlsd-io", [], {"KEYFILE": "other_key"}, 96, "fatal", "does not match"),
     ("s6-tlsd-io", [], {"TLS_UID": "nobody"}, 100, "fatal", "invalid TLS_UID"),
     ("s6-tlsc-io", [], {"TLS_GID": "-1"}, 100, "fatal", "invalid TLS_GID"),
-    ("s6-tlsd-io", ["-X"], {}, 100, "usage", "s6-tlsd-io [ -S"),
-    ("s6-tlsc-io", ["-K", "soon"], {}, 100, "usage", "invalid argument for -K"),
+    ("s6-tlsd-io", ["-X"], {}, 100, "fatal", "unrecognized option: -X"),
+    ("s6-tlsc-io", ["-K", "soon"], {}, 100, "fatal", "invalid argument for -K"),
 ]
 
 

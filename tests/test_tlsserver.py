@@ -523,7 +523,7 @@ def test_chain_tcpserver_tlsd(pki: LoopbackPKI) -> None:
         (["127.0.0.1", "99999", "cat"], {}, 100, "usage", "invalid port"),
         (["-x", "rules.cdb", "127.0.0.1", "0", "cat"], {}, 100, "fatal", "CDB"),
         (["-r", "127.0.0.1", "0", "cat"], {}, 100, "fatal", "IDENT"),
-        (["-c", "x", "127.0.0.1", "0", "cat"], {}, 100, "usage", "invalid argument"),
+        (["-c", "x", "127.0.0.1", "0", "cat"], {}, 100, "fatal", "invalid argument"),
         (["127.0.0.1", "0", "cat"], {"CERTFILE": "/nonexistent"}, 96, "fatal", "/nonexistent"),
         (["127.0.0.1", "0", "cat"], {"TLS_UID": "root"}, 100, "fatal", "TLS_UID"),
         (["192.0.2.1", "0", "cat"], {}, 111, "fatal", "unable to bind"),

@@ -15,6 +15,11 @@ Theory of operation:
   attached (``-v2``) or separate (``-v 2``); later options win. Long
   names match exactly (``--no-v`` is not ``--no-verify-cert``), with
   ``--name=value`` or ``--name value``.
+* A bad option (unknown, a missing or an unexpected argument, a value that
+  does not parse) is an :class:`OptionError`. The programs whose C
+  counterparts read options with skalibs' ``gol`` report it as C does,
+  one ``fatal:`` line; s6-tcpclient and s6-tcpserver, whose C counterparts
+  use ``subgetopt``, print their usage line with it (``gol_errors``).
 * Import-light on purpose (no trio, no ssl, no typing, no dataclasses):
   ``--help``, ``--version`` and usage errors must answer fast.
 """
@@ -153,6 +158,10 @@ def fd_operand(text: str) -> int:
         raise UsageError(f"not a file descriptor: {text!r}") from None
 
 
+class OptionError(UsageError):
+    """A bad option, as opposed to missing operands."""
+
+
 class Parsed:
     """Option values by ``dest``, the operands, and the two built-in flags."""
 
@@ -170,7 +179,7 @@ class Parsed:
         try:
             self.values[opt.dest] = opt.parse(argument)
         except ValueError:
-            raise UsageError(f"invalid argument for {flag}: {argument!r}") from None
+            raise OptionError(f"invalid argument for {flag}: {argument!r}") from None
 
 
 def parse_options(argv: Sequence[str], options: Sequence[Opt]) -> Parsed:
@@ -189,23 +198,23 @@ def parse_options(argv: Sequence[str], options: Sequence[Opt]) -> Parsed:
             name, equals, attached = arg[2:].partition("=")
             if name in ("help", "version"):
                 if equals:
-                    raise UsageError(f"option --{name} must not have an argument")
+                    raise OptionError(f"option --{name} must not have an argument")
                 setattr(parsed, name, True)
                 continue
             opt = by_long.get(name)
             if opt is None:
-                raise UsageError(f"option --{name} not recognized")
+                raise OptionError(f"unrecognized option: --{name}")
             argument: str | None = None
             if opt.parse is None:
                 if equals:
-                    raise UsageError(f"option --{name} must not have an argument")
+                    raise OptionError(f"option --{name} must not have an argument")
             elif equals:
                 argument = attached
             elif index < len(args):
                 argument = args[index]
                 index += 1
             else:
-                raise UsageError(f"option --{name} requires argument")
+                raise OptionError(f"option --{name} requires an argument")
             parsed.store(opt, f"--{name}", argument)
             continue
         if not arg.startswith("-") or arg == "-":
@@ -217,7 +226,7 @@ def parse_options(argv: Sequence[str], options: Sequence[Opt]) -> Parsed:
             position += 1
             opt = by_short.get(letter)
             if opt is None:
-                raise UsageError(f"option -{letter} not recognized")
+                raise OptionError(f"unrecognized option: -{letter}")
             if opt.parse is None:
                 parsed.store(opt, f"-{letter}", None)
                 continue
@@ -227,7 +236,7 @@ def parse_options(argv: Sequence[str], options: Sequence[Opt]) -> Parsed:
                 argument = args[index]
                 index += 1
             else:
-                raise UsageError(f"option -{letter} requires argument")
+                raise OptionError(f"option -{letter} requires an argument")
             parsed.store(opt, f"-{letter}", argument)
             break
     parsed.operands = args[index:]
@@ -240,7 +249,8 @@ class Program:
 
     ``operands`` ends the usage line (``fdr fdw``, ``prog...``);
     ``summary`` comes before the options in ``--help``, ``epilog`` after
-    them (environment, signals, exit codes).
+    them (environment, signals, exit codes). ``gol_errors``: a bad option
+    is one ``fatal:`` line, as skalibs' ``gol`` says it (see the module doc).
     """
 
     def __init__(
@@ -251,8 +261,10 @@ class Program:
         operands: str,
         summary: str,
         epilog: str,
+        gol_errors: bool = True,
     ) -> None:
         self.name = name
+        self.gol_errors = gol_errors
         self.options = options
         self.usage = usage_line(name, options, operands)
         self.summary = summary.strip("\n")
@@ -265,7 +277,9 @@ class Program:
 
     def report(self, error: Fatal, log: Log | None = None) -> int:
         log = log or Log(self.name)
-        if isinstance(error, UsageError):
+        if isinstance(error, UsageError) and not (
+            self.gol_errors and isinstance(error, OptionError)
+        ):
             detail = f" ({error.message})" if error.message else ""
             log.usage(f"{self.usage}{detail}")
         else:

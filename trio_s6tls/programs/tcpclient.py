@@ -71,6 +71,7 @@ PROGRAM = Program(
     "s6-tcpclient",
     TCP_OPTIONS,
     operands="host port prog...",
+    gol_errors=False,  # C's uses subgetopt: a bad option prints the usage line
     summary="Connects to host:port (an IP address, or a name tried over all its\n"
     "addresses; names are asked to the DNS servers of $DNSCACHEIP or\n"
     "/etc/resolv.conf), then execs into prog with fd 6 reading from and fd 7\n"
@@ -109,7 +110,7 @@ def tcp_options(values: Mapping[str, Any]) -> TcpClientOptions:
 
 def split_operands(operands: Sequence[str]) -> tuple[str, str, list[str]]:
     """host, port (numeric, 0 to 65535, as the C tools want it) and prog."""
-    from .._errors import UsageError
+    from .._errors import EXIT_USAGE, Fatal, UsageError
 
     if len(operands) < 3:
         raise UsageError("expected host, port and prog")
@@ -117,7 +118,8 @@ def split_operands(operands: Sequence[str]) -> tuple[str, str, list[str]]:
     try:
         port_number(port)
     except ValueError:
-        raise UsageError(f"invalid port number: {port!r}") from None
+        # C's s6-tcpclient: a fatal line (100), not its usage.
+        raise Fatal(EXIT_USAGE, f"invalid port number: {port!r}") from None
     return host, port, prog
 
 

@@ -107,6 +107,7 @@ PROGRAM = Program(
 
 
 def _ids_from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    gol_errors=False,  # C's uses subgetopt: a bad option prints the usage line
     """``-U``: the identity in ``UID``, ``GID``, ``GIDLIST``."""
     from .._errors import UsageError
 
