@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import functools
 import socket
+from collections.abc import Callable
 
 import trio
 
 from . import _proxy, _rules
-from ._errors import describe_os_error
+from ._errors import Fatal, describe_os_error
 from ._log import Log
 from ._ucspi import canonical_ip
 
@@ -68,6 +69,7 @@ class Access:
         timeout_ms: int,
         threads: int,
         rules_dir: str | None = None,
+        rules_file: str | None = None,
         remote_lookup: bool = True,
         paranoid: bool = False,
         local_name: str | None = None,
@@ -76,6 +78,7 @@ class Access:
         self.log = log
         self.timeout_ms = timeout_ms
         self.rules_dir = rules_dir
+        self.rules_file = rules_file
         self.remote_lookup = remote_lookup
         self.paranoid = paranoid
         self.local_name = local_name
@@ -88,16 +91,32 @@ class Access:
         return trio.move_on_after(self.timeout_ms / 1000) if self.timeout_ms else trio.CancelScope()
 
     async def rules(self, remote: tuple[str, int]) -> _rules.Decision:
-        """``-i``: allowed (with what ``allow`` adds), or :class:`Refused`."""
-        assert self.rules_dir is not None
+        """``-i`` (a directory) or ``-x`` (its CDB): allowed (with what
+        ``allow`` adds), or :class:`Refused`. A rules set that cannot be
+        read or holds a broken entry is what s6-tcpserver-access dies of
+        (``fatal``, 111): logged with that category, it ends this
+        connection only."""
+        if self.rules_file is not None:
+            from . import _accessrules_cdb  # only -x pays for the CDB reader
+
+            lookup: Callable[[str, str], _rules.Decision] = _accessrules_cdb.lookup
+            source = self.rules_file
+        else:
+            assert self.rules_dir is not None
+            lookup, source = _rules.lookup, self.rules_dir
         with self.bounded():
-            decision = await trio.to_thread.run_sync(
-                _rules.lookup,
-                self.rules_dir,
-                remote[0],
-                limiter=self._rules_threads,
-                abandon_on_cancel=True,  # a stuck file system keeps the thread, not us
-            )
+            try:
+                decision = await trio.to_thread.run_sync(
+                    lookup,
+                    source,
+                    remote[0],
+                    limiter=self._rules_threads,
+                    abandon_on_cancel=True,  # a stuck file system keeps the thread, not us
+                )
+            except Fatal as error:
+                where = f"{remote[0]} port {remote[1]}"
+                self.log.fatal(f"unable to check the rules for {where}: {error.message}")
+                raise Refused("rules unusable") from None
             if not decision.allowed:
                 self.log.info(f"deny {remote[0]} port {remote[1]}", level=2)
                 raise Refused("denied by rules")
@@ -140,7 +159,7 @@ class Access:
             if local_host is None:
                 local_host = await self._reverse_name(local[0])
         if remote_host is None and self.warn_lookup_failure:
-            self.log.info(f"no name for {remote[0]}", level=2)
+            self.log.info(f"no name for {remote[0]}", level=3)  # -v: C's lines only
         return remote_host, local_host
 
     async def _reverse_name(self, ip: str, *, paranoid: bool = False) -> str | None:
