@@ -234,22 +234,11 @@ class Gap:
 #: case id -> the issue-11 row still open. Such a case is expected to differ (xfail);
 #: once it matches C it fails until removed from here. Listed 2026-12-02 from the
 #: CI run of main: the fixes made for these rows were lost before they landed.
-_EXEC_RULE = "row 2: an exec rule keeps TLS"
-_CDB = "row 3: -x is not wired to the CDB reader yet"
-_BROKEN_ENTRY = "a broken rules entry is not reported as C reports it"
 _NAMES = "row 11: host names by libc (/etc/hosts always), without the final dot"
 
 KNOWN_GAPS: dict[str, Gap] = {
     "s6-tlsserver/env/default": Gap(("env",), _NAMES),
     "s6-tlsserver/env/-h": Gap(("env",), _NAMES),
-    "s6-tlsserver/rules/-i-exec": Gap(("handshake", "cleartext", "over TLS"), _EXEC_RULE),
-    "s6-tlsserver/rules/-x-allow-env": Gap(("start", "handshake", "env", "server", "stderr"), _CDB),
-    "s6-tlsserver/rules/-x-deny": Gap(("start", "handshake", "server", "stderr"), _CDB),
-    "s6-tlsserver/rules/-x-no-entry": Gap(("start", "handshake", "server", "stderr"), _CDB),
-    "s6-tlsserver/rules/-x-exec": Gap(
-        ("start", "handshake", "cleartext", "server", "stderr"), _CDB
-    ),
-    "s6-tlsserver/rules/-i-broken-entry": Gap(("stderr",), _BROKEN_ENTRY),
     "s6-tcpserver/env/default": Gap(("env",), _NAMES),
 }
 

@@ -52,9 +52,23 @@ def test_most_specific_entry_decides(tmp_path: Path) -> None:
     assert lookup(str(tmp_path), "192.0.2.1") == Decision(False)  # no match: deny
 
 
-def test_deny_wins_over_allow_in_one_entry(tmp_path: Path) -> None:
+def test_allow_wins_over_deny_in_one_entry_as_in_s6(tmp_path: Path) -> None:
+    # s6's directory backend tests allow first, and s6-accessrules-cdb-from-fs
+    # compiles such an entry to allow: the directory and its CDB agree.
     entry(tmp_path, "ip4/0.0.0.0_0", "allow", "deny")
-    assert not lookup(str(tmp_path), "127.0.0.1").allowed
+    assert lookup(str(tmp_path), "127.0.0.1").allowed
+
+
+def test_entry_that_is_a_file_makes_the_rules_unusable(tmp_path: Path) -> None:
+    # s6: any error but a missing or unreadable file (here ENOTDIR) is an
+    # error, not "no entry"; the C s6-tcpserver-access dies of it (111).
+    (tmp_path / "ip4").mkdir()
+    (tmp_path / "ip4" / "127.0.0.1_32").write_text("not a directory\n")
+    with pytest.raises(Fatal) as raised:
+        lookup(str(tmp_path), "127.0.0.1")
+    assert raised.value.exit_code == 111
+    assert "ip4/127.0.0.1_32" in raised.value.message
+    assert lookup(str(tmp_path), "10.0.0.1") == Decision(False)  # other clients: no entry
 
 
 def test_allow_with_env_and_exec(tmp_path: Path) -> None:

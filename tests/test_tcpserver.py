@@ -239,7 +239,7 @@ def test_chain_with_tlsd(pki: LoopbackPKI) -> None:
     [
         (["127.0.0.1", "0"], 100, "usage"),
         (["-c", "0", "127.0.0.1", "0", "cat"], 100, "usage"),
-        (["-x", "r.cdb", "127.0.0.1", "0", "cat"], 100, "CDB"),
+        (["-x", "/nonexistent.cdb", "127.0.0.1", "0", "cat"], 111, "unable to read rules file"),
         (["-U", "127.0.0.1", "0", "cat"], 100, "UID"),
         (["256.0.0.1", "0", "cat"], 100, "not an IP address"),
         (["localhost", "0", "cat"], 100, "not an IP address"),

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from c_tools import MISSING_REASON, require_c_tools
 from support import (
     TIMEOUT,
     ClientCert,
@@ -252,7 +253,28 @@ def test_per_ip_limit(pki: LoopbackPKI, resources: contextlib.ExitStack) -> None
 # -- rules, PROXY ------------------------------------------------------------
 
 
-def test_rules_allow_deny_env_exec(pki: LoopbackPKI, tmp_path: Path) -> None:
+def _rules_for(rules: Path, form: str) -> list[str]:
+    """``-i DIR``, or ``-x CDB`` with the CDB that C's
+    s6-accessrules-cdb-from-fs compiles from DIR (skipped without the C
+    build, a failure under CI=true)."""
+    if form == "directory":
+        return ["-i", str(rules)]
+    compiler = require_c_tools()("s6-accessrules-cdb-from-fs")
+    if not os.access(compiler, os.X_OK):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and {MISSING_REASON}", pytrace=False)
+        pytest.skip(MISSING_REASON)
+    cdb = rules.with_suffix(".cdb")
+    subprocess.run([compiler, str(cdb), str(rules)], check=True, capture_output=True, timeout=30)
+    return ["-x", str(cdb)]
+
+
+@pytest.mark.parametrize("form", ["directory", "cdb"])
+def test_rules_allow_deny_env_exec(pki: LoopbackPKI, tmp_path: Path, form: str) -> None:
+    """The same rules as a directory (-i) and as C's CDB of it (-x) decide
+    alike. An exec rule replaces TLS and prog, as in the C chain (there
+    s6-tcpserver-access runs before s6-tlsd): its program talks cleartext
+    on the socket."""
     rules = tmp_path / "rules"
     allow = rules / "ip4/127.0.0.1_32"
     (allow / "env").mkdir(parents=True)
@@ -267,7 +289,7 @@ def test_rules_allow_deny_env_exec(pki: LoopbackPKI, tmp_path: Path) -> None:
     (execd / "exec").write_text("sh -c 'echo from exec; exec cat >/dev/null'\n")
     env = tls_env(pki, SOMETHING="to be unset")
     with running_server(
-        ["s6-tlsserver", "-v", "-H", "-i", str(rules), "127.0.0.1", "0", *ENV_PROG], env
+        ["s6-tlsserver", "-v", "-H", *_rules_for(rules, form), "127.0.0.1", "0", *ENV_PROG], env
     ) as srv:
         context = client_context(pki)
         with tls_connect(srv.port, context) as tls:
@@ -277,10 +299,29 @@ def test_rules_allow_deny_env_exec(pki: LoopbackPKI, tmp_path: Path) -> None:
         with connect(srv.port, source="127.0.0.2") as denied:
             denied.sendall(b"\x16\x03\x01")
             assert read_all(denied) == b""
-        with tls_connect(srv.port, context, source="127.0.0.3") as tls:
-            half_close(tls)
-            assert read_all(tls) == b"from exec\n"
+        with connect(srv.port, source="127.0.0.3") as plain:
+            plain.shutdown(socket.SHUT_WR)
+            assert read_all(plain) == b"from exec\n"  # no handshake: cleartext
         assert "deny 127.0.0.2" in srv.stderr
+
+
+def test_broken_rules_entry_is_fatal_for_that_connection(pki: LoopbackPKI, tmp_path: Path) -> None:
+    """An entry that is a file (ENOTDIR): as C's s6-tcpserver-access, a
+    fatal line (111 there); the connection is closed, the server goes on."""
+    rules = tmp_path / "rules"
+    (rules / "ip4").mkdir(parents=True)
+    (rules / "ip4/127.0.0.1_32").write_text("not a directory\n")
+    (rules / "ip4/127.0.0.2_32").mkdir()
+    (rules / "ip4/127.0.0.2_32/allow").touch()
+    argv = ["s6-tlsserver", "-H", "-i", str(rules), "127.0.0.1", "0", "echo", "served"]
+    with running_server(argv, tls_env(pki)) as srv:
+        with connect(srv.port) as sock:
+            sock.sendall(b"\x16\x03\x01")
+            assert read_all(sock) == b""
+        srv.wait_stderr("s6-tlsserver: fatal: unable to check the rules for 127.0.0.1 port ")
+        assert "ip4/127.0.0.1_32" in srv.stderr
+        # 127.0.0.2's lookup stops at its own entry, before the broken one
+        assert exchange(srv.port, client_context(pki), b"", source="127.0.0.2") == b"served\n"
 
 
 def test_rules_no_match_is_deny(pki: LoopbackPKI, tmp_path: Path) -> None:
@@ -521,7 +562,7 @@ def test_chain_tcpserver_tlsd(pki: LoopbackPKI) -> None:
     [
         (["127.0.0.1"], {}, 100, "usage", "expected ip, port and prog"),
         (["127.0.0.1", "99999", "cat"], {}, 100, "usage", "invalid port"),
-        (["-x", "rules.cdb", "127.0.0.1", "0", "cat"], {}, 100, "fatal", "CDB"),
+        (["-x", "/nonexistent.cdb", "127.0.0.1", "0", "cat"], {}, 111, "fatal", "rules file"),
         (["-r", "127.0.0.1", "0", "cat"], {}, 100, "fatal", "IDENT"),
         (["-c", "x", "127.0.0.1", "0", "cat"], {}, 100, "fatal", "invalid argument"),
         (["127.0.0.1", "0", "cat"], {"CERTFILE": "/nonexistent"}, 96, "fatal", "/nonexistent"),

@@ -4,8 +4,12 @@ For a client IP the candidates are its networks from the most specific to
 the least: ``ip4/A.B.C.D_32``, ``ip4/A.B.C.0_24``, … ``ip4/0.0.0.0_0``
 (IPv6: ``ip6/ADDR_128`` … ``ip6/::_0``, ADDR written in full form first,
 then in the compressed form). The first candidate directory that holds an
-``allow`` or a ``deny`` file decides; one holding neither is skipped. No
-decision at all means deny.
+``allow`` or a ``deny`` file decides (``allow`` first, as s6's directory
+backend and ``s6-accessrules-cdb-from-fs`` test them: an entry with both
+allows); one holding neither is skipped. No decision at all means deny.
+As in s6, a candidate that is missing or unreadable is no decision, but
+any other error looking at it (an entry that is a file, not a directory:
+``ENOTDIR``) makes the rules unusable.
 
 ``allow`` may come with ``env/`` (one file per variable: its first line is
 the value, an empty file unsets the variable) and ``exec`` (a command line
@@ -17,9 +21,8 @@ device or a huge file in the rules directory costs the connection it
 decides on, never a stall or the memory of the whole server.
 
 :func:`candidate_keys`, :func:`parse_env_file` and :func:`parse_exec_file` are pure; :func:`lookup`
-reads the directory. The CDB form (``-x``) is not supported: no maintained
-Python CDB reader exists (``python-cdb`` and ``cdblib`` were last released in
-2013 and 2009).
+reads the directory. The CDB form (``-x``) is
+:mod:`trio_s6tls._accessrules_cdb`.
 """
 
 from __future__ import annotations
@@ -145,11 +148,20 @@ def _read_env_dir(path: str) -> dict[str, str | None]:
     return variables
 
 
+def _readable(path: str) -> bool:
+    """``access(path, R_OK)`` as s6's directory backend reads it: a missing
+    or unreadable file is False; any other error (``ENOTDIR``, ``ELOOP``…)
+    is raised."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, PermissionError):
+        return False
+    return os.access(path, os.R_OK)
+
+
 def _decide(entry: str, key: str) -> Decision | None:
-    if os.path.exists(os.path.join(entry, "deny")):
-        return Decision(False, key)
-    if not os.path.exists(os.path.join(entry, "allow")):
-        return None
+    if not _readable(os.path.join(entry, "allow")):
+        return Decision(False, key) if _readable(os.path.join(entry, "deny")) else None
     argv = None
     content = read_regular(os.path.join(entry, "exec"), EXEC_MAX)
     if content is not None:
@@ -168,11 +180,9 @@ def lookup(rules_dir: str, address: str) -> Decision:
     key = None
     try:
         for key in candidate_keys(address):
-            entry = os.path.join(rules_dir, key)
-            if os.path.isdir(entry):
-                decision = _decide(entry, key)
-                if decision is not None:
-                    return decision
+            decision = _decide(os.path.join(rules_dir, key), key)
+            if decision is not None:
+                return decision
     except OSError as error:
         raise Fatal(
             EXIT_SYSTEM,

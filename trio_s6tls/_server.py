@@ -11,10 +11,12 @@ Theory of operation (docs/design.rst, "Process model"):
 2. **Per-IP limit** (``-C``): a connection that would make more than
    ``max_per_ip`` from one address is closed at once and logged.
    ``TCPCONNNUM`` is the address's *other* connections (0 for its first).
-3. **Access rules** (``-i``), then the **PROXY header** (``-L``, which
-   replaces the addresses in the environment), then the **banner** (``-B``);
-   the rules lookup (in a thread: it reads files), name lookups and the
-   PROXY wait are bounded by ``-t``.
+3. **Access rules** (``-i`` directory, ``-x`` CDB), then the **PROXY
+   header** (``-L``, which replaces the addresses in the environment), then
+   the **banner** (``-B``); the rules lookup (in a thread: it reads files),
+   name lookups and the PROXY wait are bounded by ``-t``. An ``exec`` rule
+   replaces TLS and prog alike, as in the C chain where
+   s6-tcpserver-access runs before s6-tlsd: its program gets the socket.
 4. **TLS** (when ``config.context`` is set): the handshake under ``-K`` on
    the accepted socket itself (:func:`~trio_s6tls._engine.tls_over`), with
    the context current at that moment (a reload only affects new
@@ -105,6 +107,7 @@ class ServerConfig:
     max_conn: int = 40
     max_per_ip: int = 40
     rules_dir: str | None = None  # -i
+    rules_file: str | None = None  # -x: a CDB from s6-accessrules-cdb-from-fs
     access_timeout_ms: int = 0  # -t: lookups and PROXY header; 0 = no bound
     proxy: bool = False  # -L
     banner: bytes = b""  # -B
@@ -167,6 +170,7 @@ class Server:
             timeout_ms=config.access_timeout_ms,
             threads=config.max_conn,
             rules_dir=config.rules_dir,
+            rules_file=config.rules_file,
             remote_lookup=config.remote_lookup,
             paranoid=config.paranoid,
             local_name=config.local_name,
@@ -182,7 +186,7 @@ class Server:
 
     @property
     def active(self) -> int:
-        """Connections counted now: accepted, and their prog not yet exited."""
+        """The connections counted now (accepted, and their prog not yet exited)."""
         return sum(self.per_ip.values())
 
     def log_status(self) -> None:
@@ -315,13 +319,16 @@ class Server:
     ) -> None:
         config = self.config
         argv = list(config.argv)
-        env = self._base_env()
         rules_env: dict[str, str | None] = {}
-        if config.rules_dir is not None:
+        exec_rule = False
+        if config.rules_dir is not None or config.rules_file is not None:
             decision = await self.access.rules(remote)
             if decision.argv:
-                argv = decision.argv
+                # C: s6-tcpserver-access execs it instead of s6-tlsd prog, so
+                # it gets the socket and the environment s6-tlsd never cleaned
+                argv, exec_rule = decision.argv, True
             rules_env = decision.env
+        env = dict(config.base_env) if exec_rule else self._base_env()
         if config.proxy:
             header = await self.access.proxy_header(sock, remote)
             if header.source is not None and header.destination is not None:
@@ -343,7 +350,7 @@ class Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if config.banner:
             await send_all(sock, config.banner)
-        if self.context is None:
+        if self.context is None or exec_rule:
             await self._run_plain(sock, argv, env, slot, record, waiting)
         else:
             await self._run_tls(sock, self.context, argv, env, slot, record, waiting)

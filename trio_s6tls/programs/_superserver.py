@@ -7,7 +7,7 @@ Theory of operation:
 
 1. **Everything that can fail on configuration fails first**: the TLS
    context (with ``TLS_UID``/``TLS_GID``), the identity, the rules
-   directory — before the socket is bound.
+   directory or file — before the socket is bound.
 2. **Bind, then become the server's identity** (``-u``/``-g``/``-G``/``-U``
    or ``TLS_UID``/``TLS_GID``, see :mod:`trio_s6tls._identity`): keys are
    loaded and the port bound as root, nothing after that runs as root,
@@ -108,6 +108,9 @@ def launch(plan: Launch) -> int:
     identity = server_identity(plan.uid, plan.gid, plan.groups, tls_ids, as_root=os.geteuid() == 0)
     if server.rules_dir is not None and not os.path.isdir(server.rules_dir):
         raise Fatal(EXIT_SYSTEM, f"unable to read rules directory {server.rules_dir}")
+    rules_file = server.rules_file
+    if rules_file is not None and not (os.path.isfile(rules_file) and os.access(rules_file, 4)):
+        raise Fatal(EXIT_SYSTEM, f"unable to read rules file {rules_file}")
     config = dataclasses.replace(server, context=context, base_env=env)
     listen = plan.listen
     backlog = listen.backlog if listen.backlog is not None else socket.SOMAXCONN

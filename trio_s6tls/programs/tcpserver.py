@@ -25,6 +25,15 @@ def _gid_list(text: str) -> list[int]:
     return [id_number(part) for part in text.split(",")]
 
 
+# -i and -x set one value, so that the last of them wins, as in C.
+def _rules_directory(path: str) -> tuple[str, str]:
+    return ("directory", path)
+
+
+def _rules_cdb(path: str) -> tuple[str, str]:
+    return ("cdb", path)
+
+
 TCP_SERVER = [
     Opt("q", "quiet", "verbosity", 0, group="verbosity", help="verbosity 0: fatal errors only"),
     Opt("Q", ("normally-verbose", "normal"), "verbosity", 1, group="verbosity", help="verbosity 1 (default)"),
@@ -74,10 +83,10 @@ TCP_SERVER = [
     Opt("t", "timeout", "access_timeout_ms", parse=uint, metavar="timeout",
         help="bound in ms on the rules, name lookups and the PROXY header\n"
              "(0 = none, default)"),
-    Opt("i", ("rules-directory", "rules-dir"), "rules_dir", parse=str, metavar="rulesdir", group="rules",
+    Opt("i", ("rules-directory", "rules-dir"), "rules", parse=_rules_directory, metavar="rulesdir", group="rules",
         help="access rules directory (ip4/, ip6/ entries)"),
-    Opt("x", "rules-file", "rules_file", parse=str, metavar="rulesfile", group="rules",
-        help="access rules CDB (unsupported: no maintained CDB reader)"),
+    Opt("x", "rules-file", "rules", parse=_rules_cdb, metavar="rulesfile", group="rules",
+        help="access rules as a CDB (made by s6-accessrules-cdb-from-fs)"),
     Opt("L", ("proxy", "proxy-protocol"), "proxy", True,
         help="read a PROXY v1/v2 header before anything else"),
     Opt("", "workers", "workers", parse=uint, metavar="N",
@@ -158,12 +167,7 @@ def server_launch(
         raise UsageError(f"invalid port: {port_text!r}") from None
     if values.get("ident"):
         raise Fatal(EXIT_USAGE, "IDENT lookups (-r) are not supported; use -R")
-    if "rules_file" in values:
-        raise Fatal(
-            EXIT_USAGE,
-            "rules files (-x) are not supported: no maintained CDB reader is available; "
-            "use a rules directory with -i",
-        )
+    rules_kind, rules = values.get("rules", (None, None))
     if values.get("ids_from_env"):
         values.update(_ids_from_env(os.environ))
     max_conn = min(values.get("max_conn", 40), MAX_CONNECTIONS)
@@ -190,7 +194,8 @@ def server_launch(
             tls_options=tls_options or TLSOptions(verbosity=verbosity),
             max_conn=max_conn,
             max_per_ip=max_per_ip,
-            rules_dir=values.get("rules_dir"),
+            rules_dir=rules if rules_kind == "directory" else None,
+            rules_file=rules if rules_kind == "cdb" else None,
             access_timeout_ms=values.get("access_timeout_ms", 0),
             proxy=bool(values.get("proxy", False)),
             banner=values.get("banner", "").encode("utf-8", "surrogateescape"),
