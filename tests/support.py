@@ -200,6 +200,17 @@ def parse_env(text: str | bytes) -> dict[str, str]:
     return env
 
 
+def hosts_name(ip: str, path: str = "/etc/hosts") -> str | None:
+    """The name ``-h`` finds for ``ip``: the first name of its first line in
+    the hosts file, with the final dot of the C tools (s6-dns)."""
+    with open(path) as hosts:
+        for line in hosts:
+            words = line.split("#", 1)[0].split()
+            if len(words) > 1 and words[0] == ip:
+                return words[1].lower() + "."
+    return None
+
+
 def sh(script: str, *args: str) -> list[str]:
     """A prog: ``sh -c script`` with positional args."""
     return ["sh", "-c", script, "sh", *args]

@@ -234,13 +234,8 @@ class Gap:
 #: case id -> the issue-11 row still open. Such a case is expected to differ (xfail);
 #: once it matches C it fails until removed from here. Listed 2026-12-02 from the
 #: CI run of main: the fixes made for these rows were lost before they landed.
-_NAMES = "row 11: host names by libc (/etc/hosts always), without the final dot"
 
-KNOWN_GAPS: dict[str, Gap] = {
-    "s6-tlsserver/env/default": Gap(("env",), _NAMES),
-    "s6-tlsserver/env/-h": Gap(("env",), _NAMES),
-    "s6-tcpserver/env/default": Gap(("env",), _NAMES),
-}
+KNOWN_GAPS: dict[str, Gap] = {}
 
 
 # --- the world the cases share -----------------------------------------------------------

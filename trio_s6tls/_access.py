@@ -1,7 +1,7 @@
 """The access step of a connection, before any TLS: the rules (``-i``),
 the PROXY header (``-L``), and the host names of both ends (``-h``/``-H``,
-``-p``, ``-l``) — for the super-servers, and the name lookups for the
-clients too.
+``-p``, ``-l``) — for the super-servers. The lookups themselves are
+:mod:`~trio_s6tls._names`' (s6-dns' way, as the clients make them too).
 
 Theory of operation:
 
@@ -22,41 +22,17 @@ Theory of operation:
 from __future__ import annotations
 
 import functools
-import socket
 from collections.abc import Callable
 
 import trio
 
-from . import _proxy, _rules
+from . import _names, _proxy, _rules
 from ._errors import Fatal, describe_os_error
 from ._log import Log
-from ._ucspi import canonical_ip
 
 
 class Refused(Exception):
     """The connection ends before prog, for the reason given (already logged)."""
-
-
-def reverse_name(ip: str, *, paranoid: bool = False) -> str | None:
-    """The name of ``ip`` (a reverse lookup), or None. ``paranoid``: only a
-    name that resolves back to ``ip``."""
-    try:
-        name, _ = socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)
-    except (OSError, UnicodeError):
-        return None
-    if paranoid and not resolves_to(name, ip):
-        return None
-    return name
-
-
-def resolves_to(name: str, ip: str) -> bool:
-    """Whether ``name`` has ``ip`` among its addresses."""
-    try:
-        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        return False
-    wanted = canonical_ip(ip)
-    return any(canonical_ip(str(info[4][0])) == wanted for info in infos)
 
 
 class Access:
@@ -71,6 +47,7 @@ class Access:
         rules_dir: str | None = None,
         rules_file: str | None = None,
         remote_lookup: bool = True,
+        use_hosts: bool = False,
         paranoid: bool = False,
         local_name: str | None = None,
         warn_lookup_failure: bool = True,
@@ -80,6 +57,7 @@ class Access:
         self.rules_dir = rules_dir
         self.rules_file = rules_file
         self.remote_lookup = remote_lookup
+        self.use_hosts = use_hosts
         self.paranoid = paranoid
         self.local_name = local_name
         self.warn_lookup_failure = warn_lookup_failure
@@ -147,24 +125,42 @@ class Access:
     async def names(
         self, local: tuple[str, int], remote: tuple[str, int]
     ) -> tuple[str | None, str | None]:
-        """``TCPREMOTEHOST`` and ``TCPLOCALHOST``: reverse lookups unless
-        ``-H``; ``-l`` names the local host; ``-p`` drops a remote name that
-        does not resolve back to the address."""
+        """``TCPREMOTEHOST`` and ``TCPLOCALHOST``, as s6-tcpserver-access
+        finds them: reverse lookups (both at once) unless ``-H`` (``-p``
+        looks up even then); ``/etc/hosts`` first with ``-h``, else the DNS
+        only; names from the DNS end with a dot. ``-l`` names the local
+        host; ``-p`` drops a remote name from the DNS that does not resolve
+        back to the address. A remote host the DNS knows no name for is
+        unset; a local one is empty."""
         local_host = self.local_name
-        if not self.remote_lookup:
+        if not (self.remote_lookup or self.paranoid):
             return None, local_host
         remote_host: str | None = None
         with self.bounded():
-            remote_host = await self._reverse_name(remote[0], paranoid=self.paranoid)
-            if local_host is None:
-                local_host = await self._reverse_name(local[0])
-        if remote_host is None and self.warn_lookup_failure:
-            self.log.info(f"no name for {remote[0]}", level=3)  # -v: C's lines only
+            async with trio.open_nursery() as nursery:
+
+                async def look_up_local() -> None:
+                    nonlocal local_host
+                    local_host = await self._reverse_name(local[0])
+
+                if local_host is None:
+                    nursery.start_soon(look_up_local)
+                remote_host = await self._reverse_name(remote[0], paranoid=self.paranoid)
+        if not remote_host:
+            remote_host = None
+            if self.warn_lookup_failure:
+                self.log.info(f"no name for {remote[0]}", level=3)  # -v: C's lines only
         return remote_host, local_host
 
     async def _reverse_name(self, ip: str, *, paranoid: bool = False) -> str | None:
-        return await trio.to_thread.run_sync(
-            functools.partial(reverse_name, ip, paranoid=paranoid),
-            limiter=self._lookup_threads,
-            abandon_on_cancel=True,
+        timeout = self.timeout_ms / 1000 if self.timeout_ms else _names.DEFAULT_TIMEOUT
+        lookup = functools.partial(
+            _names.reverse_name, ip, use_hosts=self.use_hosts, paranoid=paranoid, timeout=timeout
         )
+        try:
+            return await trio.to_thread.run_sync(
+                lookup, limiter=self._lookup_threads, abandon_on_cancel=True
+            )
+        except _names.NameLookupError as error:  # an unusable /etc/hosts
+            self.log.info(f"unable to look up {ip}: {error.message}", level=2)
+            return None

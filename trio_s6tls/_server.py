@@ -111,7 +111,8 @@ class ServerConfig:
     access_timeout_ms: int = 0  # -t: lookups and PROXY header; 0 = no bound
     proxy: bool = False  # -L
     banner: bytes = b""  # -B
-    remote_lookup: bool = True  # -h / -H
+    remote_lookup: bool = True  # -H turns it off
+    use_hosts: bool = False  # -h: /etc/hosts before the DNS
     paranoid: bool = False  # -p: a remote name must resolve back to the IP
     local_name: str | None = None  # -l
     warn_lookup_failure: bool = True  # -W / -w
@@ -172,6 +173,7 @@ class Server:
             rules_dir=config.rules_dir,
             rules_file=config.rules_file,
             remote_lookup=config.remote_lookup,
+            use_hosts=config.use_hosts,
             paranoid=config.paranoid,
             local_name=config.local_name,
             warn_lookup_failure=config.warn_lookup_failure,

@@ -200,6 +200,7 @@ def server_launch(
             proxy=bool(values.get("proxy", False)),
             banner=values.get("banner", "").encode("utf-8", "surrogateescape"),
             remote_lookup=values.get("remote_lookup", True),
+            use_hosts=values.get("use_hosts", False),
             paranoid=values.get("paranoid", False),
             local_name=values.get("local_name"),
             warn_lookup_failure=values.get("warn_lookup_failure", True),
