@@ -297,6 +297,31 @@ def test_server_configuration_errors(
     assert fragment in caught.value.message
 
 
+@pytest.mark.parametrize(
+    ("server_side", "env", "code"),
+    [
+        (False, {"CAFILE": "ca", "CERTFILE": "cert", "KEYFILE": "/nonexistent"}, EXIT_SYSTEM),
+        (False, {"CAFILE": "ca", "CERTFILE": "/nonexistent", "KEYFILE": "key"}, EXIT_SYSTEM),
+        (True, {"CERTFILE": "/nonexistent", "KEYFILE": "key"}, EXIT_CONFIG),
+        (True, {"KEYFILE:a.example": "/nonexistent", "CERTFILE:a.example": "cert"}, EXIT_CONFIG),
+    ],
+    ids=["client-key", "client-cert", "server-cert", "server-sni-key"],
+)
+def test_an_unreadable_keypair_exits_as_c(
+    files: dict[str, str], server_side: bool, env: dict[str, str], code: int
+) -> None:
+    """C: a client keypair (-y) that cannot be read is a system error (111);
+    a server's, read through its SNI policy, is 96."""
+    env = {k: files.get(v, v) for k, v in env.items()}
+    with pytest.raises(Fatal) as caught:
+        if server_side:
+            server_context(env, TLSOptions(sni_level=2 if "KEYFILE" not in env else 0))
+        else:
+            client_context(env, TLSOptions(client_cert=1))
+    assert caught.value.exit_code == code
+    assert "unable to read" in caught.value.message
+
+
 def test_identity_parsing() -> None:
     assert parse_identity({"TLS_UID": "1000", "TLS_GID": "100"}) == (1000, 100)
     assert parse_identity({}) == (None, None)
