@@ -199,6 +199,7 @@ CASES = [
     ("s6-tlsc-io", [], {"-": "CADIR CAFILE"}, 100, "fatal", "CADIR or CAFILE not set"),
     ("s6-tlsd-io", [], {"-": "CERTFILE"}, 100, "fatal", "CERTFILE not set"),
     ("s6-tlsd-io", [], {"-": "KEYFILE"}, 100, "fatal", "KEYFILE not set"),
+    ("s6-tlsc-io", ["-d", "0"], {"-": "CADIR CAFILE"}, 100, "fatal", "CADIR or CAFILE not set"),
     ("s6-tlsc-io", [], {"CADIR": "empty"}, 96, "fatal", "no trust anchor"),
     ("s6-tlsc-io", [], {"CAFILE": "garbage"}, 96, "fatal", "trust anchor"),
     (

@@ -33,7 +33,8 @@ def run(parsed: Parsed) -> int:
     from ._arguments import tls_options
 
     options = tls_options(parsed.values)
-    plan = FdPlan(0, 1, fdr, fdw, parsed.values.get("notify_fd"))
+    notify_fd = parsed.values.get("notify_fd") or None  # -d 0: none, as in C
+    plan = FdPlan(0, 1, fdr, fdw, notify_fd)
     log = Log(PROGRAM.name, options.verbosity)
     return run_io(plan, os.environ, options, server_side=True, log=log)
 
