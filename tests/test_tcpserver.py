@@ -124,6 +124,14 @@ def test_max_connections_queue(pki: LoopbackPKI, resources: contextlib.ExitStack
             sock.close()
 
 
+def test_zero_limits_mean_one(pki: LoopbackPKI) -> None:
+    """-c 0 and -C 0 are 1, as in C."""
+    prog = ["sh", "-c", "echo $TCPCONNNUM"]
+    argv = ["s6-tcpserver", "-H", "-c", "0", "-C", "0", "127.0.0.1", "0", *prog]
+    with running_server(argv, tls_env(pki)) as srv:
+        assert ask(srv.port) == b"0\n"
+
+
 def test_per_ip_limit(pki: LoopbackPKI, resources: contextlib.ExitStack) -> None:
     """-C 1; -v logs the end of a connection (s6-tcpserverd's words), once
     its slot is free."""
@@ -239,7 +247,7 @@ def test_chain_with_tlsd(pki: LoopbackPKI) -> None:
     ("args", "code", "needle"),
     [
         (["127.0.0.1", "0"], 100, "usage"),
-        (["-c", "0", "127.0.0.1", "0", "cat"], 100, "usage"),
+        (["-c", "x", "127.0.0.1", "0", "cat"], 100, "usage"),
         (["-x", "/nonexistent.cdb", "127.0.0.1", "0", "cat"], 111, "unable to read rules file"),
         (["-U", "127.0.0.1", "0", "cat"], 100, "UID"),
         (["256.0.0.1", "0", "cat"], 100, "not an IP address"),

@@ -34,6 +34,11 @@ def _rules_cdb(path: str) -> tuple[str, str]:
     return ("cdb", path)
 
 
+def _connections(text: str) -> int:
+    """``-c``/``-C``: as in C, 0 means 1."""
+    return max(uint(text), 1)
+
+
 TCP_SERVER = [
     Opt("q", "quiet", "verbosity", 0, group="verbosity", help="verbosity 0: fatal errors only"),
     Opt("Q", ("normally-verbose", "normal"), "verbosity", 1, group="verbosity", help="verbosity 1 (default)"),
@@ -43,10 +48,10 @@ TCP_SERVER = [
         help="any verbosity (3: debug, with handshake parameters)"),
     Opt("1", ("notify", "ready"), "readiness", True,
         help="print the bound port and a newline on stdout, then close it"),
-    Opt("c", ("global-max-connections", "maxconn"), "max_conn", parse=uint, metavar="maxconn",
+    Opt("c", ("global-max-connections", "maxconn"), "max_conn", parse=_connections, metavar="maxconn",
         help="at most maxconn connections at once (default 40, cap 16384);\n"
              "new clients wait in the backlog meanwhile"),
-    Opt("C", ("local-max-connections", "localmaxconn"), "max_per_ip", parse=uint, metavar="localmaxconn",
+    Opt("C", ("local-max-connections", "localmaxconn"), "max_per_ip", parse=_connections, metavar="localmaxconn",
         help="at most this many connections per client IP (default 40);\n"
              "one more is accepted and closed at once"),
     Opt("b", "backlog", "backlog", parse=uint, metavar="backlog", help="listen backlog"),
