@@ -898,3 +898,23 @@ def python_server_context(certfile: str | Path, version: str | None = None) -> s
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(certfile))
     return _only_version(context, version)
+
+
+def rules_options(rules: Path, form: str) -> list[str]:
+    """The server options for the access rules in ``rules``: ``-i DIR``
+    (``form`` "directory"), or ``-x CDB`` ("cdb") with the CDB that C's
+    s6-accessrules-cdb-from-fs compiles from DIR (skipped without the C
+    build, a failure under CI=true)."""
+    if form == "directory":
+        return ["-i", str(rules)]
+    import pytest
+    from c_tools import MISSING_REASON, require_c_tools
+
+    compiler = require_c_tools()("s6-accessrules-cdb-from-fs")
+    if not os.access(compiler, os.X_OK):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and {MISSING_REASON}", pytrace=False)
+        pytest.skip(MISSING_REASON)
+    cdb = rules.with_suffix(".cdb")
+    subprocess.run([compiler, str(cdb), str(rules)], check=True, capture_output=True, timeout=30)
+    return ["-x", str(cdb)]

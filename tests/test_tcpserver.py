@@ -26,6 +26,7 @@ from support import (
     parse_env,
     program,
     read_all,
+    rules_options,
     running_server,
     tls_env,
 )
@@ -178,14 +179,16 @@ def test_prog_identity(pki: LoopbackPKI, tmp_path: Path) -> None:
         assert ask(srv.port).split() == [b"1", b"2", b"2", b"3"]
 
 
-def test_rules_and_proxy(pki: LoopbackPKI, tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["directory", "cdb"])
+def test_rules_and_proxy(pki: LoopbackPKI, tmp_path: Path, form: str) -> None:
+    """-i, and -x with C's CDB of the same rules: the same decisions."""
     rules = tmp_path / "rules"
     (rules / "ip4/127.0.0.0_8/env").mkdir(parents=True)
     (rules / "ip4/127.0.0.0_8/allow").touch()
     (rules / "ip4/127.0.0.0_8/env/WHO").write_text("loopback\n")
     (rules / "ip4/127.0.0.9_32").mkdir(parents=True)
     (rules / "ip4/127.0.0.9_32/deny").touch()
-    argv = ["s6-tcpserver", "-H", "-L", "-i", str(rules), "127.0.0.1", "0", *ENV_PROG]
+    argv = ["s6-tcpserver", "-H", "-L", *rules_options(rules, form), "127.0.0.1", "0", *ENV_PROG]
     with running_server(argv, tls_env(pki)) as srv:
         got = parse_env(ask(srv.port, b"PROXY TCP6 2001:db8::1 2001:db8::2 1234 80\r\n"))
         assert got["WHO"] == "loopback"

@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from c_tools import MISSING_REASON, require_c_tools
 from support import (
     TIMEOUT,
     ClientCert,
@@ -40,6 +39,7 @@ from support import (
     parse_env,
     program,
     read_all,
+    rules_options,
     running_server,
     tls_connect,
     tls_env,
@@ -254,22 +254,6 @@ def test_per_ip_limit(pki: LoopbackPKI, resources: contextlib.ExitStack) -> None
 # -- rules, PROXY ------------------------------------------------------------
 
 
-def _rules_for(rules: Path, form: str) -> list[str]:
-    """``-i DIR``, or ``-x CDB`` with the CDB that C's
-    s6-accessrules-cdb-from-fs compiles from DIR (skipped without the C
-    build, a failure under CI=true)."""
-    if form == "directory":
-        return ["-i", str(rules)]
-    compiler = require_c_tools()("s6-accessrules-cdb-from-fs")
-    if not os.access(compiler, os.X_OK):
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and {MISSING_REASON}", pytrace=False)
-        pytest.skip(MISSING_REASON)
-    cdb = rules.with_suffix(".cdb")
-    subprocess.run([compiler, str(cdb), str(rules)], check=True, capture_output=True, timeout=30)
-    return ["-x", str(cdb)]
-
-
 @pytest.mark.parametrize("form", ["directory", "cdb"])
 def test_rules_allow_deny_env_exec(pki: LoopbackPKI, tmp_path: Path, form: str) -> None:
     """The same rules as a directory (-i) and as C's CDB of it (-x) decide
@@ -290,7 +274,7 @@ def test_rules_allow_deny_env_exec(pki: LoopbackPKI, tmp_path: Path, form: str) 
     (execd / "exec").write_text("sh -c 'echo from exec; exec cat >/dev/null'\n")
     env = tls_env(pki, SOMETHING="to be unset")
     with running_server(
-        ["s6-tlsserver", "-v", "-H", *_rules_for(rules, form), "127.0.0.1", "0", *ENV_PROG], env
+        ["s6-tlsserver", "-v", "-H", *rules_options(rules, form), "127.0.0.1", "0", *ENV_PROG], env
     ) as srv:
         context = client_context(pki)
         with tls_connect(srv.port, context) as tls:
