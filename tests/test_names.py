@@ -17,6 +17,7 @@ under ``CI=true``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -267,9 +268,16 @@ def test_default_nameservers(tmp_path: Path) -> None:
     ]
 
 
-def test_dnspython_is_imported_lazily() -> None:
-    code = "import sys, trio_s6tls._names\nassert not [m for m in sys.modules if m.startswith('dns')]\n"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=TIMEOUT)
+def test_lookups_need_no_dnspython() -> None:
+    """dnspython is only the tests' (TinyDNS): a lookup neither imports it
+    nor pays for it at start-up."""
+    code = (
+        "import sys\nfrom trio_s6tls import _names\n"
+        "assert _names.reverse_name('127.0.0.1', use_hosts=False) is None\n"
+        "assert not [m for m in sys.modules if m == 'dns' or m.startswith('dns.')]\n"
+    )
+    env = {**os.environ, "DNSCACHEIP": "127.0.0.2"}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=TIMEOUT, env=env)
 
 
 # -- our lookups, against the DNS server and a hosts file ------------------------------------
@@ -349,6 +357,41 @@ def test_paranoid_reverse_name_must_resolve_back(dns_server: TinyDNS, hosts_file
     assert paranoid("127.0.0.1") is None  # loop.example.com. has no A record
     assert paranoid("127.0.0.1", use_hosts=True, hosts_path=hosts_file) == "hostloop."
     assert paranoid("::1") is None  # six.example.com.'s AAAA is another address
+
+
+def test_truncated_answer_is_asked_again_over_tcp() -> None:
+    """A UDP answer with TC set: the question goes again over TCP (as s6-dns
+    does), whose answer counts."""
+    with contextlib.ExitStack() as stack:
+        tcp = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+        tcp.settimeout(TIMEOUT)
+        udp = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        udp.bind(("127.0.0.1", tcp.getsockname()[1]))
+        udp.settimeout(TIMEOUT)
+
+        def serve() -> None:
+            data, peer = udp.recvfrom(4096)
+            truncated = dns.message.make_response(dns.message.from_wire(data))
+            truncated.flags |= dns.flags.TC
+            udp.sendto(truncated.to_wire(), peer)
+            connection, _ = tcp.accept()
+            with connection:
+                connection.settimeout(TIMEOUT)
+                length = int.from_bytes(connection.recv(2), "big")
+                query = dns.message.from_wire(connection.recv(length))
+                response = dns.message.make_response(query)
+                response.answer.append(
+                    dns.rrset.from_text(query.question[0].name, 60, "IN", "A", "192.0.2.77")
+                )
+                wire = response.to_wire()
+                connection.sendall(len(wire).to_bytes(2, "big") + wire)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        options = {"nameservers": ["127.0.0.1"], "port": udp.getsockname()[1], "timeout": TIMEOUT}
+        got = forward_addresses("big.example.com", use_hosts=False, families="4", **options)
+        thread.join(TIMEOUT)
+    assert got == ["192.0.2.77"]
 
 
 def test_no_server_there_fails_at_once() -> None:

@@ -40,8 +40,9 @@ DNS`` failure.
 The DNS is asked as s6-dns' engine asks it (:func:`_ask`): over a
 connected UDP socket, so that a server that is not there fails at once
 (ICMP) and the next one is tried; each server in turn, in rounds of 3, 11
-and 45 seconds; TCP after a truncated answer. dnspython, imported on first
-use, only builds and reads the messages. Every lookup is bounded by
+and 45 seconds; TCP after a truncated answer. The messages are built and
+read here (the bits of RFC 1035 a lookup needs): no dependency, and
+nothing slow to import on the way. Every lookup is bounded by
 ``timeout`` seconds (C waits as long as ``-t`` says, forever by default).
 When all servers fail: ``no available DNS server``, as s6-dns says. Where
 ``nameservers`` is not given they come from ``$DNSCACHEIP``, else the
@@ -55,16 +56,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import struct
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ._errors import EXIT_SYSTEM, Fatal, describe_os_error
-
-if TYPE_CHECKING:
-    import dns.message
 
 HOSTS_PATH = "/etc/hosts"
 RESOLV_CONF = "/etc/resolv.conf"
@@ -254,7 +251,7 @@ def normalize_name(name: str) -> bytes:
 def _c_name_text(labels: Sequence[bytes]) -> str:
     # s6dns_domain_tostring: the labels as they are, lower-cased, a final
     # dot; longer than its 255-byte buffer allows gives an empty string.
-    text = b".".join(labels).lower() or b"."
+    text = b"".join(label.lower() + b"." for label in labels) or b"."
     if len(text) > 253:
         return ""
     return text.decode("utf-8", "surrogateescape")
@@ -304,6 +301,10 @@ UDP_WAITS = (3.0, 11.0, 45.0)
 #: ... and for a TCP answer (after a truncated UDP one), one round.
 TCP_WAIT = 10.0
 
+_RDTYPES = {"A": 1, "PTR": 12, "AAAA": 28}
+_CLASS_IN = 1
+_NOERROR, _FORMERR, _SERVFAIL, _NXDOMAIN, _NOTIMP, _REFUSED = range(6)
+
 
 @dataclass(frozen=True)
 class _Answer:
@@ -313,17 +314,90 @@ class _Answer:
     timed_out: bool = False
 
 
-def _udp_exchange(query: dns.message.Message, server: str, port: int, wait: float) -> bytes | None:
+# -- the DNS wire format (RFC 1035), just what the lookups need ------------------------
+
+
+def _query(qid: int, qname: str, rdtype: str) -> bytes:
+    """A recursive query (RD set, as S6DNS_O_RECURSIVE) for one question."""
+    labels = [label for label in os.fsencode(qname).split(b".") if label]
+    encoded = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+    header = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    return header + encoded + struct.pack("!HH", _RDTYPES[rdtype], _CLASS_IN)
+
+
+def _read_name(message: bytes, position: int) -> tuple[tuple[bytes, ...], int]:
+    """The labels of the name at ``position`` (compression followed) and
+    where the record goes on. ValueError for a malformed name."""
+    labels: list[bytes] = []
+    after: int | None = None
+    for _ in range(128):  # bounds a loop of compression pointers
+        if position >= len(message):
+            raise ValueError("name beyond the message")
+        length = message[position]
+        if length >= 0xC0:
+            if position + 1 >= len(message):
+                raise ValueError("cut compression pointer")
+            after = position + 2 if after is None else after
+            position = (length & 0x3F) << 8 | message[position + 1]
+            continue
+        if length > 63:
+            raise ValueError("bad label length")
+        if length == 0:
+            return tuple(labels), position + 1 if after is None else after
+        label = message[position + 1 : position + 1 + length]
+        if len(label) != length:
+            raise ValueError("cut label")
+        labels.append(label)
+        position += 1 + length
+    raise ValueError("compression loop")
+
+
+@dataclass(frozen=True)
+class _Response:
+    rcode: int
+    truncated: bool
+    answers: list[tuple[int, int, bytes, int]]  # type, class, rdata, rdata's offset
+
+
+def _parse(message: bytes, query: bytes) -> _Response | None:
+    """``message`` as the answer to ``query``, or None if it is not one (an
+    answer to another question: s6-dns waits on then). ValueError when it
+    is malformed."""
+    if len(message) < 12:
+        return None
+    qid, flags, qdcount, ancount = struct.unpack("!HHHH", message[:8])
+    opcode = flags >> 11 & 0xF
+    if not flags & 0x8000 or opcode or qdcount != 1 or qid != struct.unpack("!H", query[:2])[0]:
+        return None
+    question, position = _read_name(message, 12)
+    asked, asked_end = _read_name(query, 12)
+    if [label.lower() for label in question] != [label.lower() for label in asked]:
+        return None
+    if message[position : position + 4] != query[asked_end : asked_end + 4]:
+        return None
+    position += 4
+    answers: list[tuple[int, int, bytes, int]] = []
+    for _ in range(ancount):
+        _, position = _read_name(message, position)
+        if position + 10 > len(message):
+            raise ValueError("cut record")
+        rtype, rclass, _ttl, length = struct.unpack("!HHIH", message[position : position + 10])
+        position += 10
+        if position + length > len(message):
+            raise ValueError("cut record data")
+        answers.append((rtype, rclass, message[position : position + length], position))
+        position += length
+    return _Response(flags & 0xF, bool(flags & 0x0200), answers)
+
+
+def _udp_exchange(query: bytes, server: str, port: int, wait: float) -> bytes | None:
     # A connected socket, as s6-dns uses: a server that is not there is an
     # ICMP error, ConnectionRefusedError here, and the next server is tried
     # at once instead of after the wait. None: no answer within ``wait``.
-    import dns.exception
-    import dns.message
-
     family = socket.AF_INET6 if ":" in server else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.connect((server, port))
-        sock.send(query.to_wire())
+        sock.send(query)
         end = time.monotonic() + wait
         while (left := end - time.monotonic()) > 0:
             sock.settimeout(left)
@@ -332,23 +406,31 @@ def _udp_exchange(query: dns.message.Message, server: str, port: int, wait: floa
             except TimeoutError:
                 return None
             try:
-                if query.is_response(dns.message.from_wire(data)):
+                if _parse(data, query) is not None:
                     return data
-            except dns.exception.DNSException:
-                pass  # not an answer to this query: wait on, as s6-dns does
+            except ValueError:
+                pass  # malformed: wait on for a good answer
     return None
 
 
-def _tcp_exchange(query: dns.message.Message, server: str, port: int, wait: float) -> bytes | None:
-    import dns.exception
-    import dns.query
-
-    try:
-        return dns.query.tcp(query, server, timeout=wait, port=port).to_wire()
-    except dns.exception.Timeout:
-        return None
-    except dns.exception.DNSException:
-        raise OSError("bad answer") from None
+def _tcp_exchange(query: bytes, server: str, port: int, wait: float) -> bytes | None:
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    end = time.monotonic() + wait
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(wait)
+        try:
+            sock.connect((server, port))
+            sock.sendall(struct.pack("!H", len(query)) + query)
+            data = b""
+            while len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]:
+                sock.settimeout(max(end - time.monotonic(), 0.001))
+                chunk = sock.recv(65537)
+                if not chunk:
+                    raise OSError("connection closed before the answer")
+                data += chunk
+        except TimeoutError:
+            return None
+    return data[2 : 2 + struct.unpack("!H", data[:2])[0]]
 
 
 def _ask(servers: Sequence[str], port: int, qname: str, rdtype: str, deadline: float) -> _Answer:
@@ -356,13 +438,7 @@ def _ask(servers: Sequence[str], port: int, qname: str, rdtype: str, deadline: f
     round after round (:data:`UDP_WAITS`), a server that refuses the query
     (FORMERR, NOTIMP, REFUSED) dropped, a truncated answer asked again over
     TCP; all of it by ``deadline`` (``time.monotonic()``)."""
-    import dns.flags
-    import dns.message
-    import dns.rcode
-    import dns.rdataclass
-    import dns.rdatatype
-
-    query = dns.message.make_query(qname, rdtype)  # recursion desired, as S6DNS_O_RECURSIVE
+    query = _query(int.from_bytes(os.urandom(2), "big"), qname, rdtype)
     alive = list(servers)
     rounds: list[tuple[float, bool]] = [(wait, False) for wait in UDP_WAITS]
     server_failure = False
@@ -375,38 +451,49 @@ def _ask(servers: Sequence[str], port: int, qname: str, rdtype: str, deadline: f
             exchange = _tcp_exchange if tcp else _udp_exchange
             try:
                 data = exchange(query, server, port, min(wait, left))
-            except OSError:
-                continue  # refused, unreachable...: the next server
-            if data is None:
+                response = _parse(data, query) if data is not None else None
+            except (OSError, ValueError):
+                continue  # refused, unreachable, malformed...: the next server
+            if response is None:
                 continue
-            response = dns.message.from_wire(data)
-            if response.flags & dns.flags.TC and not tcp:
+            if response.truncated and not tcp:
                 rounds = [(TCP_WAIT, True)]
                 break
-            rcode = response.rcode()
-            if rcode == dns.rcode.NXDOMAIN:
+            if response.rcode == _NXDOMAIN:
                 return _Answer([], [], "no such domain")
-            if rcode in (dns.rcode.FORMERR, dns.rcode.NOTIMP, dns.rcode.REFUSED):
+            if response.rcode in (_FORMERR, _NOTIMP, _REFUSED):
                 alive.remove(server)  # s6-dns does not ask it again
                 continue
-            if rcode != dns.rcode.NOERROR:
+            if response.rcode != _NOERROR:
                 server_failure = True
                 continue
-            wanted = dns.rdatatype.from_text(rdtype)
-            names: list[tuple[bytes, ...]] = []
-            addresses: list[bytes] = []
-            for rrset in response.answer:
-                if rrset.rdtype != wanted or rrset.rdclass != dns.rdataclass.IN:
-                    continue
-                for rdata in rrset:
-                    if rdtype == "PTR":
-                        names.append(tuple(rdata.target.labels))
-                    else:
-                        addresses.append(ipaddress.ip_address(rdata.address).packed)
-            return _Answer(names, addresses, None)
+            try:
+                return _records(response, data or b"", rdtype)
+            except ValueError:
+                continue
     if time.monotonic() >= deadline:
         return _Answer([], [], "query timed out", timed_out=True)
     return _Answer([], [], "server failure" if server_failure else "no available DNS server")
+
+
+def _records(response: _Response, message: bytes, rdtype: str) -> _Answer:
+    # The answer section's records of the type asked, class IN, in order
+    # (s6dns_message_parse_answer_domain and its A/AAAA siblings).
+    names: list[tuple[bytes, ...]] = []
+    addresses: list[bytes] = []
+    for rtype, rclass, rdata, offset in response.answers:
+        if rtype != _RDTYPES[rdtype] or rclass != _CLASS_IN:
+            continue
+        if rdtype == "PTR":
+            labels, end = _read_name(message, offset)
+            if end != offset + len(rdata):
+                raise ValueError("PTR data of the wrong length")
+            names.append(labels)
+        elif len(rdata) == (4 if rdtype == "A" else 16):
+            addresses.append(rdata)
+        else:
+            raise ValueError("address of the wrong length")
+    return _Answer(names, addresses, None)
 
 
 def _servers(nameservers: Sequence[str] | None) -> list[str]:
@@ -491,6 +578,8 @@ def forward_addresses(
     servers = _servers(nameservers)
     text = qname.decode("utf-8", "surrogateescape")
     rdtypes = {"4": ["A"], "6": ["AAAA"], "46": ["AAAA", "A"]}[families]
+    from concurrent.futures import ThreadPoolExecutor  # only for a name: -H needs none
+
     # Both families at once, as s6-dns asks them; the pool's threads are
     # joined before returning (no thread outlives the call: safe to fork).
     with ThreadPoolExecutor(max_workers=len(rdtypes)) as pool:

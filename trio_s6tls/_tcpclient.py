@@ -35,7 +35,6 @@ import re
 import socket
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ._errors import EXIT_SYSTEM, EXIT_USAGE, Fatal, UsageError, describe_os_error
@@ -215,6 +214,8 @@ def client_environment(sock: socket.socket, options: TcpClientOptions) -> dict[s
     local_host = options.local_name
     remote_host = None
     if options.lookup_names:
+        from concurrent.futures import ThreadPoolExecutor
+
         from ._names import reverse_name
 
         def lookup(ip: str, paranoid: bool) -> str | None:
