@@ -354,6 +354,36 @@ def test_usage_errors(argv: list[str]) -> None:
     assert proc.stderr.startswith(f"{argv[0]}: {category}: ".encode())
 
 
+@pytest.mark.parametrize(
+    ("host", "remote"),
+    [("127.0.0.2,127.0.0.1", "127.0.0.1"), ("0", "127.0.0.1"), ("::2 127.0.0.1", "127.0.0.1")],
+    ids=["list", "zero", "blank-separated"],
+)
+def test_host_as_an_address_list(host: str, remote: str) -> None:
+    """As C's ip46_scanlist: a list of addresses, tried in turn (the first
+    refuses: nothing listens there); 0 is ::1 then 127.0.0.1. No lookup."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        proc = subprocess.run(
+            [program("s6-tcpclient"), "-H", host, str(port), *sh('echo "$TCPREMOTEIP"')],
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().strip() == remote
+
+
+def test_no_lookup_takes_addresses_only() -> None:
+    """-H: no lookup at all, so a name is a usage error, as in C."""
+    proc = subprocess.run(
+        [program("s6-tcpclient"), "-H", "localhost", "1", "true"],
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == 100
+    assert b"with -H, host must be an IP address" in proc.stderr
+
+
 def test_ipv4_only_flag(pki: LoopbackPKI, tmp_path: Path) -> None:
     report = tmp_path / "env"
     with socket.create_server(("127.0.0.1", 0)) as listener:
