@@ -35,6 +35,8 @@ from ._fds import check_open, close_fds, high_pipe, install_fds, null_fds, read_
 from ._spawn import exec_program, fork_child, wait_exit_code
 
 if TYPE_CHECKING:
+    import ssl
+
     from ._tlsconfig import TLSOptions
 
 
@@ -48,6 +50,7 @@ def handshake_then_exec(
     prog_fds: tuple[int, int],
     keep_tls: bool,
     extra_env: Mapping[str, str | None] | None = None,
+    established: ssl.SSLSocket | None = None,
 ) -> int:
     """s6-tlsc / s6-tlsd: fork an engine child on the ``network`` fds, wait
     for its handshake notification, then exec ``prog`` in this process with
@@ -66,6 +69,17 @@ def handshake_then_exec(
         close_fds([to_prog_read, from_prog_write, notify_read])
         # Do not hold the caller's stdin/stdout open past prog's lifetime.
         null_fds(own_stdio)
+        if established is not None:  # the handshake is done (_early_handshake)
+            from ._early_handshake import run_established_child
+
+            local = (from_prog_read, to_prog_write)
+            return run_established_child(
+                name=name,
+                options=options,
+                connection=established,
+                local=local,
+                notify_fd=notify_write,
+            )
         return run_engine_child(
             name=name,
             options=options,
@@ -76,6 +90,8 @@ def handshake_then_exec(
         )
 
     pid = fork_child(engine)
+    if established is not None:
+        established.detach()  # the fd is closed below, with the network's
     close_fds([from_prog_read, to_prog_write, notify_write])
     # The network now belongs to the engine alone: prog's fds replace it.
     install_fds({prog_fds[0]: to_prog_read, prog_fds[1]: from_prog_write})

@@ -55,6 +55,21 @@ class SocketTLS:
         self._ended = False
         self._failure: Fatal | None = None  # seen after data: raised on the next read
 
+    @classmethod
+    def adopt(cls, connection: ssl.SSLSocket) -> SocketTLS:
+        """A transport for a connection whose handshake is done
+        (:mod:`._early_handshake`): its :meth:`handshake` returns at once."""
+        self = cls.__new__(cls)
+        connection.setblocking(False)
+        self.connection = connection
+        records = getattr(connection, "s6_records", None)
+        self.records = records if records is not None else attach(connection)
+        self.close_notify_sent = False
+        self._fin_sent = False
+        self._ended = False
+        self._failure = None
+        return self
+
     async def _wait(self, error: ssl.SSLError) -> None:
         wait = (
             trio.lowlevel.wait_readable

@@ -25,6 +25,9 @@ PROGRAM = Program(
 
 
 def run(parsed: Parsed) -> int:
+    from .._early_handshake import handshake_now, start_engine_import
+
+    importing = start_engine_import()  # behind the network's round trips
     host, port, prog = split_operands(parsed.operands)
     tcp = tcp_options(parsed.values)
     import os
@@ -37,8 +40,12 @@ def run(parsed: Parsed) -> int:
 
     servername = parsed.values.get("servername", host if tcp.lookup_names else None)
     options = tls_options(parsed.values, verbosity=tcp.verbosity, servername=servername)
-    context_from_environment(os.environ, options, server_side=False)  # all of it before the network
+    context, identity = context_from_environment(os.environ, options, server_side=False)
     fd, tcp_env = open_connection(host, port, tcp, Log(PROGRAM.name, tcp.verbosity))
+    # Without TLS_UID/TLS_GID (the engine alone would change identity), the
+    # handshake runs here while trio is imported.
+    established = handshake_now(fd, context, options) if identity == (None, None) else None
+    importing.join()  # no thread alive at the fork
     return handshake_then_exec(
         prog,
         name=PROGRAM.name,
@@ -48,6 +55,7 @@ def run(parsed: Parsed) -> int:
         prog_fds=(6, 7),
         keep_tls=bool(parsed.values.get("keep_env", False)),
         extra_env=tcp_env,
+        established=established,
     )
 
 
