@@ -112,6 +112,7 @@ PROGRAM = Program(
     "s6-tcpserver",
     [*TCP_SERVER, INLINE_TLSD],
     operands="ip port prog...",
+    gol_errors=False,  # C's uses subgetopt: a bad option prints the usage line
     summary="Listens on ip:port (port 0: any free port) and, for every connection, runs prog\n"
     "with the socket as stdin and stdout and the UCSPI variables PROTO, TCPLOCALIP,\n"
     "TCPLOCALPORT, TCPREMOTEIP, TCPREMOTEPORT, TCPCONNNUM, TCPREMOTEHOST,\n"
@@ -121,7 +122,6 @@ PROGRAM = Program(
 
 
 def _ids_from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    gol_errors=False,  # C's uses subgetopt: a bad option prints the usage line
     """``-U``: the identity in ``UID``, ``GID``, ``GIDLIST``."""
     from .._errors import UsageError
 
