@@ -359,6 +359,24 @@ def test_paranoid_reverse_name_must_resolve_back(dns_server: TinyDNS, hosts_file
     assert paranoid("::1") is None  # six.example.com.'s AAAA is another address
 
 
+def test_at_once_runs_side_by_side_and_joins() -> None:
+    """Both lookups at once (each waits for the other here), results in
+    order, no thread left behind, an error of either raised."""
+    from trio_s6tls._dns import at_once
+
+    both = threading.Barrier(2, timeout=TIMEOUT)
+    before = threading.active_count()
+    assert at_once([lambda: both.wait() * 0 + 1, lambda: both.wait() * 0 + 2]) == [1, 2]
+    assert threading.active_count() == before
+
+    def fails() -> int:
+        raise NameLookupError("unable to read /etc/hosts: x")
+
+    with pytest.raises(NameLookupError):
+        at_once([fails, lambda: 2])
+    assert threading.active_count() == before
+
+
 def test_truncated_answer_is_asked_again_over_tcp() -> None:
     """A UDP answer with TC set: the question goes again over TCP (as s6-dns
     does), whose answer counts."""

@@ -37,12 +37,8 @@ the grammar notes beside it describe a state it never enters.) Any error
 makes the whole file unusable: a :class:`NameLookupError`, as C's ``init
 DNS`` failure.
 
-The DNS is asked as s6-dns' engine asks it (:func:`_ask`): over a
-connected UDP socket, so that a server that is not there fails at once
-(ICMP) and the next one is tried; each server in turn, in rounds of 3, 11
-and 45 seconds; TCP after a truncated answer. The messages are built and
-read here (the bits of RFC 1035 a lookup needs): no dependency, and
-nothing slow to import on the way. Every lookup is bounded by
+The DNS is asked as s6-dns' engine asks it (:mod:`~trio_s6tls._dns`: a
+server that is not there fails at once). Every lookup is bounded by
 ``timeout`` seconds (C waits as long as ``-t`` says, forever by default).
 When all servers fail: ``no available DNS server``, as s6-dns says. Where
 ``nameservers`` is not given they come from ``$DNSCACHEIP``, else the
@@ -53,14 +49,14 @@ finds them. All functions block: call them from a thread
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
-import socket
-import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from . import _dns
 from ._errors import EXIT_SYSTEM, Fatal, describe_os_error
 
 HOSTS_PATH = "/etc/hosts"
@@ -295,207 +291,6 @@ def default_nameservers(
     return servers[:MAX_SERVERS] or ["::1"]
 
 
-#: s6-dns' waits for a UDP answer, one round over the servers each: 1, 3,
-#: 11 and 45 seconds, the first skipped when recursion is asked (always here).
-UDP_WAITS = (3.0, 11.0, 45.0)
-#: ... and for a TCP answer (after a truncated UDP one), one round.
-TCP_WAIT = 10.0
-
-_RDTYPES = {"A": 1, "PTR": 12, "AAAA": 28}
-_CLASS_IN = 1
-_NOERROR, _FORMERR, _SERVFAIL, _NXDOMAIN, _NOTIMP, _REFUSED = range(6)
-
-
-@dataclass(frozen=True)
-class _Answer:
-    names: list[tuple[bytes, ...]]  # PTR targets, as labels
-    addresses: list[bytes]  # A or AAAA records, packed
-    error: str | None  # s6-dns' wording, None when the server answered
-    timed_out: bool = False
-
-
-# -- the DNS wire format (RFC 1035), just what the lookups need ------------------------
-
-
-def _query(qid: int, qname: str, rdtype: str) -> bytes:
-    """A recursive query (RD set, as S6DNS_O_RECURSIVE) for one question."""
-    labels = [label for label in os.fsencode(qname).split(b".") if label]
-    encoded = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
-    header = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
-    return header + encoded + struct.pack("!HH", _RDTYPES[rdtype], _CLASS_IN)
-
-
-def _read_name(message: bytes, position: int) -> tuple[tuple[bytes, ...], int]:
-    """The labels of the name at ``position`` (compression followed) and
-    where the record goes on. ValueError for a malformed name."""
-    labels: list[bytes] = []
-    after: int | None = None
-    for _ in range(128):  # bounds a loop of compression pointers
-        if position >= len(message):
-            raise ValueError("name beyond the message")
-        length = message[position]
-        if length >= 0xC0:
-            if position + 1 >= len(message):
-                raise ValueError("cut compression pointer")
-            after = position + 2 if after is None else after
-            position = (length & 0x3F) << 8 | message[position + 1]
-            continue
-        if length > 63:
-            raise ValueError("bad label length")
-        if length == 0:
-            return tuple(labels), position + 1 if after is None else after
-        label = message[position + 1 : position + 1 + length]
-        if len(label) != length:
-            raise ValueError("cut label")
-        labels.append(label)
-        position += 1 + length
-    raise ValueError("compression loop")
-
-
-@dataclass(frozen=True)
-class _Response:
-    rcode: int
-    truncated: bool
-    answers: list[tuple[int, int, bytes, int]]  # type, class, rdata, rdata's offset
-
-
-def _parse(message: bytes, query: bytes) -> _Response | None:
-    """``message`` as the answer to ``query``, or None if it is not one (an
-    answer to another question: s6-dns waits on then). ValueError when it
-    is malformed."""
-    if len(message) < 12:
-        return None
-    qid, flags, qdcount, ancount = struct.unpack("!HHHH", message[:8])
-    opcode = flags >> 11 & 0xF
-    if not flags & 0x8000 or opcode or qdcount != 1 or qid != struct.unpack("!H", query[:2])[0]:
-        return None
-    question, position = _read_name(message, 12)
-    asked, asked_end = _read_name(query, 12)
-    if [label.lower() for label in question] != [label.lower() for label in asked]:
-        return None
-    if message[position : position + 4] != query[asked_end : asked_end + 4]:
-        return None
-    position += 4
-    answers: list[tuple[int, int, bytes, int]] = []
-    for _ in range(ancount):
-        _, position = _read_name(message, position)
-        if position + 10 > len(message):
-            raise ValueError("cut record")
-        rtype, rclass, _ttl, length = struct.unpack("!HHIH", message[position : position + 10])
-        position += 10
-        if position + length > len(message):
-            raise ValueError("cut record data")
-        answers.append((rtype, rclass, message[position : position + length], position))
-        position += length
-    return _Response(flags & 0xF, bool(flags & 0x0200), answers)
-
-
-def _udp_exchange(query: bytes, server: str, port: int, wait: float) -> bytes | None:
-    # A connected socket, as s6-dns uses: a server that is not there is an
-    # ICMP error, ConnectionRefusedError here, and the next server is tried
-    # at once instead of after the wait. None: no answer within ``wait``.
-    family = socket.AF_INET6 if ":" in server else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.connect((server, port))
-        sock.send(query)
-        end = time.monotonic() + wait
-        while (left := end - time.monotonic()) > 0:
-            sock.settimeout(left)
-            try:
-                data = sock.recv(65535)
-            except TimeoutError:
-                return None
-            try:
-                if _parse(data, query) is not None:
-                    return data
-            except ValueError:
-                pass  # malformed: wait on for a good answer
-    return None
-
-
-def _tcp_exchange(query: bytes, server: str, port: int, wait: float) -> bytes | None:
-    family = socket.AF_INET6 if ":" in server else socket.AF_INET
-    end = time.monotonic() + wait
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(wait)
-        try:
-            sock.connect((server, port))
-            sock.sendall(struct.pack("!H", len(query)) + query)
-            data = b""
-            while len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]:
-                sock.settimeout(max(end - time.monotonic(), 0.001))
-                chunk = sock.recv(65537)
-                if not chunk:
-                    raise OSError("connection closed before the answer")
-                data += chunk
-        except TimeoutError:
-            return None
-    return data[2 : 2 + struct.unpack("!H", data[:2])[0]]
-
-
-def _ask(servers: Sequence[str], port: int, qname: str, rdtype: str, deadline: float) -> _Answer:
-    """One question, asked as s6-dns' engine asks it: the servers in turn,
-    round after round (:data:`UDP_WAITS`), a server that refuses the query
-    (FORMERR, NOTIMP, REFUSED) dropped, a truncated answer asked again over
-    TCP; all of it by ``deadline`` (``time.monotonic()``)."""
-    query = _query(int.from_bytes(os.urandom(2), "big"), qname, rdtype)
-    alive = list(servers)
-    rounds: list[tuple[float, bool]] = [(wait, False) for wait in UDP_WAITS]
-    server_failure = False
-    while rounds:
-        wait, tcp = rounds.pop(0)
-        for server in list(alive):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return _Answer([], [], "query timed out", timed_out=True)
-            exchange = _tcp_exchange if tcp else _udp_exchange
-            try:
-                data = exchange(query, server, port, min(wait, left))
-                response = _parse(data, query) if data is not None else None
-            except (OSError, ValueError):
-                continue  # refused, unreachable, malformed...: the next server
-            if response is None:
-                continue
-            if response.truncated and not tcp:
-                rounds = [(TCP_WAIT, True)]
-                break
-            if response.rcode == _NXDOMAIN:
-                return _Answer([], [], "no such domain")
-            if response.rcode in (_FORMERR, _NOTIMP, _REFUSED):
-                alive.remove(server)  # s6-dns does not ask it again
-                continue
-            if response.rcode != _NOERROR:
-                server_failure = True
-                continue
-            try:
-                return _records(response, data or b"", rdtype)
-            except ValueError:
-                continue
-    if time.monotonic() >= deadline:
-        return _Answer([], [], "query timed out", timed_out=True)
-    return _Answer([], [], "server failure" if server_failure else "no available DNS server")
-
-
-def _records(response: _Response, message: bytes, rdtype: str) -> _Answer:
-    # The answer section's records of the type asked, class IN, in order
-    # (s6dns_message_parse_answer_domain and its A/AAAA siblings).
-    names: list[tuple[bytes, ...]] = []
-    addresses: list[bytes] = []
-    for rtype, rclass, rdata, offset in response.answers:
-        if rtype != _RDTYPES[rdtype] or rclass != _CLASS_IN:
-            continue
-        if rdtype == "PTR":
-            labels, end = _read_name(message, offset)
-            if end != offset + len(rdata):
-                raise ValueError("PTR data of the wrong length")
-            names.append(labels)
-        elif len(rdata) == (4 if rdtype == "A" else 16):
-            addresses.append(rdata)
-        else:
-            raise ValueError("address of the wrong length")
-    return _Answer(names, addresses, None)
-
-
 def _servers(nameservers: Sequence[str] | None) -> list[str]:
     return list(nameservers) if nameservers else default_nameservers()
 
@@ -525,14 +320,14 @@ def reverse_name(
         if names:
             return names[0].decode("utf-8", "surrogateescape")
     servers = _servers(nameservers)
-    answer = _ask(servers, port, _arpa_name(packed), "PTR", deadline)
+    answer = _dns.ask(servers, port, _arpa_name(packed), "PTR", deadline)
     if answer.error is not None:
         return None
     if not answer.names:
         return ""
     name = _c_name_text(answer.names[0])
     if paranoid and name:
-        back = _ask(servers, port, name, "AAAA" if len(packed) == 16 else "A", deadline)
+        back = _dns.ask(servers, port, name, "AAAA" if len(packed) == 16 else "A", deadline)
         if packed not in back.addresses:
             return None
     return name
@@ -578,14 +373,10 @@ def forward_addresses(
     servers = _servers(nameservers)
     text = qname.decode("utf-8", "surrogateescape")
     rdtypes = {"4": ["A"], "6": ["AAAA"], "46": ["AAAA", "A"]}[families]
-    from concurrent.futures import ThreadPoolExecutor  # only for a name: -H needs none
-
-    # Both families at once, as s6-dns asks them; the pool's threads are
-    # joined before returning (no thread outlives the call: safe to fork).
-    with ThreadPoolExecutor(max_workers=len(rdtypes)) as pool:
-        answers = list(
-            pool.map(lambda rdtype: _ask(servers, port, text, rdtype, deadline), rdtypes)
-        )
+    # Both families at once, as s6-dns asks them.
+    answers = _dns.at_once(
+        [functools.partial(_dns.ask, servers, port, text, rdtype, deadline) for rdtype in rdtypes]
+    )
     addresses = [format_address(a) for answer in answers for a in answer.addresses]
     if addresses:
         return addresses

@@ -214,11 +214,10 @@ def client_environment(sock: socket.socket, options: TcpClientOptions) -> dict[s
     local_host = options.local_name
     remote_host = None
     if options.lookup_names:
-        from concurrent.futures import ThreadPoolExecutor
-
+        from ._dns import at_once
         from ._names import reverse_name
 
-        def lookup(ip: str, paranoid: bool) -> str | None:
+        def lookup(ip: str, paranoid: bool = False) -> str | None:
             return reverse_name(
                 ip,
                 use_hosts=options.use_hosts,
@@ -226,12 +225,14 @@ def client_environment(sock: socket.socket, options: TcpClientOptions) -> dict[s
                 timeout=lookup_timeout(options),
             )
 
-        # Both at once, as s6-tcpclient asks them; joined before returning.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            remote_lookup = pool.submit(lookup, str(remote[0]), options.paranoid)
-            if local_host is None:
-                local_host = lookup(str(local[0]), False)
-            remote_host = remote_lookup.result()
+        # Both at once, as s6-tcpclient asks them.
+        remote_ip, local_ip = str(remote[0]), str(local[0])
+        if local_host is None:
+            remote_host, local_host = at_once(
+                [lambda: lookup(remote_ip, options.paranoid), lambda: lookup(local_ip)]
+            )
+        else:
+            remote_host = lookup(remote_ip, options.paranoid)
     return tcp_environment(
         local=(local[0], local[1]),
         remote=(remote[0], remote[1]),
