@@ -21,12 +21,15 @@ the network is one stream socket.
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import socket
 import ssl
+import stat
 import threading
 import time
+from collections.abc import Sequence
 
 from ._errors import EXIT_ENGINE, EXIT_SYSTEM, EXIT_TLS, Fatal, describe_os_error
 from ._log import Log
@@ -53,13 +56,64 @@ def handshake_now(fd: int, context: ssl.SSLContext, options: TLSOptions) -> ssl.
     """The client handshake on the connected socket ``fd``, under ``-K``;
     the socket is the returned ``SSLSocket``'s. Raises the engine's
     :class:`Fatal` (98) on failure (the socket closed)."""
+    return _handshake(socket.socket(fileno=fd), context, options, server_side=False)
+
+
+def _stream_socket(fd: int) -> socket.socket | None:
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None
+    except OSError:
+        return None
     sock = socket.socket(fileno=fd)
+    if sock.type == socket.SOCK_STREAM:
+        return sock
+    sock.detach()
+    return None
+
+
+def _same_file(fd1: int, fd2: int) -> bool:
+    first, second = os.fstat(fd1), os.fstat(fd2)
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def early_handshake(
+    network: tuple[int, int], options: TLSOptions, *, server_side: bool
+) -> ssl.SSLSocket | None:
+    """s6-tlsc / s6-tlsd: the handshake on the network fds now, if they are
+    one stream socket and the engine would not change identity; else None
+    (the engine child does it, as before). Checks and fails as the engine
+    would: the fds, then the configuration, then the handshake."""
+    from ._fds import check_open
+    from ._tlsconfig import context_from_environment
+
+    check_open(network)
+    read_fd, write_fd = network
+    if read_fd != write_fd and not _same_file(read_fd, write_fd):
+        return None
+    sock = _stream_socket(read_fd)
+    if sock is None:
+        return None
+    try:
+        context, identity = context_from_environment(os.environ, options, server_side=server_side)
+    except BaseException:
+        sock.detach()
+        raise
+    if identity != (None, None):
+        sock.detach()
+        return None
+    return _handshake(sock, context, options, server_side=server_side)
+
+
+def _handshake(
+    sock: socket.socket, context: ssl.SSLContext, options: TLSOptions, *, server_side: bool
+) -> ssl.SSLSocket:
     sock.setblocking(False)
     try:
         tls = context.wrap_socket(
             sock,
-            server_side=False,
-            server_hostname=options.servername,
+            server_side=server_side,
+            server_hostname=None if server_side else options.servername,
             do_handshake_on_connect=False,
             suppress_ragged_eofs=False,
         )
@@ -99,6 +153,8 @@ def run_established_child(
     connection: ssl.SSLSocket,
     local: tuple[int, int],
     notify_fd: int,
+    server_side: bool = False,
+    spare: Sequence[int] = (),
 ) -> int:
     """The engine child on an established connection: what
     :func:`~._iorun.run_engine_child` does after its handshake (which is
@@ -118,14 +174,18 @@ def run_established_child(
 
     async def main() -> int:
         local_stream = FdPairStream(local[0], local[1], pipe_size=CHUNK)
-        return await run_engine(
-            SocketTLS.adopt(connection),
-            local_stream,
-            options,
-            server_side=False,
-            notify=notify,
-            log=log,
-        )
+        try:
+            return await run_engine(
+                SocketTLS.adopt(connection),
+                local_stream,
+                options,
+                server_side=server_side,
+                notify=notify,
+                log=log,
+            )
+        finally:
+            for fd in spare:  # the network's other fd (s6-tlsd's 1, -7)
+                os.close(fd)
 
     try:
         return trio.run(main)

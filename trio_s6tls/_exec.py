@@ -73,12 +73,15 @@ def handshake_then_exec(
             from ._early_handshake import run_established_child
 
             local = (from_prog_read, to_prog_write)
+            spare = [fd for fd in set(network) if fd != established.fileno()]
             return run_established_child(
                 name=name,
                 options=options,
                 connection=established,
                 local=local,
                 notify_fd=notify_write,
+                server_side=server_side,
+                spare=spare,
             )
         return run_engine_child(
             name=name,
