@@ -60,7 +60,7 @@ from ._tls_errors import write_failure
 from ._tlsconfig import TLSOptions
 
 CHUNK = 256 * 1024  # large reads: few Python round trips per record
-FIRST_BUFFER = 4096  # an idle connection's: one page (lines, requests); grows when filled
+FIRST_BUFFER = 1024  # an idle connection's (a line, a request); doubles while reads fill it
 
 
 class TLSTransport(Protocol):
@@ -140,7 +140,7 @@ class _Tunnel:
         """Network → local (rules 3, 4 and 5)."""
         tls = self.tls
         # bytearray() zero-fills, so its pages are resident at once: an idle
-        # connection gets a page, one whose reads fill it grows to CHUNK.
+        # connection keeps 1 KiB, a busy one doubles it up to CHUNK.
         buffer = bytearray(FIRST_BUFFER)
         view = memoryview(buffer)
         with self.down_scope:
@@ -152,8 +152,8 @@ class _Tunnel:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.discarding = True
                     self._linger_if_over()
-                if count > len(buffer) // 2 and len(buffer) < CHUNK:  # a stream, not a line
-                    buffer = bytearray(CHUNK)
+                if count > len(buffer) // 2 and len(buffer) < CHUNK:  # more is coming
+                    buffer = bytearray(min(2 * len(buffer), CHUNK))
                     view = memoryview(buffer)
         if self.down_scope.cancelled_caught:
             return  # the bounded drain is over
