@@ -1044,6 +1044,10 @@ TLSSERVER_CASES = [
     Case("s6-tlsserver/env/tls-vars-default", tlsserver_env_case(["-H"], tls_vars=True)),
     Case("s6-tlsserver/env/tls-vars--Z", tlsserver_env_case(["-H", "-Z"], tls_vars=True)),
     Case("s6-tlsserver/env/-h", tlsserver_env_case(["-h"])),
+    # -w refuses the client when a lookup it needs fails (-p's: the DNS is down)
+    Case("s6-tlsserver/env/-w-p", tlsserver_env_case(["-w", "-p"])),
+    Case("s6-tlsserver/env/-W-p", tlsserver_env_case(["-W", "-p"])),
+    Case("s6-tlsserver/env/-w", tlsserver_env_case(["-w"])),
     Case("s6-tlsserver/env/-H-l", tlsserver_env_case(["-H", "-l", "fid.local"])),
     Case("s6-tlsserver/env/sni-sent", tlsserver_env_case(["-H"], sni="localhost")),
     Case("s6-tlsserver/env/-Y-no-cert", tlsserver_env_case(["-H", "-Y"])),

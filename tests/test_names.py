@@ -47,6 +47,7 @@ from trio_s6tls._names import (
     forward_addresses,
     normalize_name,
     parse_hosts,
+    reverse_lookup,
     reverse_name,
 )
 
@@ -142,6 +143,8 @@ def populate(server: TinyDNS) -> None:
     server.rcodes["servfail.example.com."] = dns.rcode.SERVFAIL
     server.silent.add("silent.example.com.")
     server.add("hosted.example.com.", "A", "192.0.2.99")  # also in the test hosts file
+    server.add("9.0.0.127.in-addr.arpa.", "PTR", "back.example.com.")  # resolves back
+    server.add("back.example.com.", "A", "127.0.0.9")
 
 
 @pytest.fixture(scope="module")
@@ -641,6 +644,51 @@ def test_reverse_name_as_c_s6_tcpserver_access(
     # s6-tcpserver-access exports no empty name
     assert env.get("TCPREMOTEHOST") == (ours or None), (env, ours)
     assert env["TCPLOCALHOST"] == "local.name"
+
+
+def c_access_status(ip: str, etc: Path, flags: Sequence[str]) -> int:
+    """s6-tcpserver-access's exit status for a client at ``ip``: 0 when it
+    runs prog (``true``), else its own refusal."""
+    argv = [c_program("s6-tcpserver-access"), "-t", "1500", "-l", "here", *flags, "/bin/true"]
+    env = {
+        "PROTO": "TCP",
+        "TCPLOCALIP": "127.0.0.1",
+        "TCPLOCALPORT": "1",
+        "TCPREMOTEIP": ip,
+        "TCPREMOTEPORT": "2",
+    }
+    return run_c(argv, etc, None, env).returncode
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "127.0.0.1",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+        "127.0.0.7",
+        "127.0.0.9",
+        "::1",
+    ],
+)
+def test_strict_paranoid_lookup_fails_as_c(
+    ip: str, c_dns: TinyDNS, dns_server: TinyDNS, etc: Path
+) -> None:
+    """-w -p: s6-tcpserver-access refuses the client (its exit status) when
+    a lookup it needs fails, and only then; reverse_lookup tells the same
+    cases apart, with the same status. (.6, the silent one, is the timeout:
+    99, too slow to compare here; -w alone never refuses.)"""
+    strict = c_access_status(ip, etc, ["-w", "-p"])
+    found = reverse_lookup(
+        ip, use_hosts=False, paranoid=True, **{**ask(dns_server), "timeout": 1.5}
+    )
+    assert found.exit_code == strict, (found, strict)
+    assert (found.failure is None) == (strict == 0)
+    assert c_access_status(ip, etc, ["-w"]) == 0
+    if ip == "127.0.0.9":
+        assert found.name == "back.example.com."
 
 
 def test_reverse_name_from_hosts_as_c(

@@ -105,6 +105,28 @@ def test_banner_nodelay_paranoid(pki: LoopbackPKI) -> None:
         assert ask(srv.port).decode() == "False None True\n"
 
 
+def test_strict_resolution_refuses_when_a_needed_lookup_fails(pki: LoopbackPKI) -> None:
+    """-w, as s6-tcpserver-access's: the client is refused, prog never runs,
+    when a lookup it needs fails: -p's here, where the DNS is down
+    (conftest), -H or not. Without -p a failed lookup only leaves the names
+    unset, -w or not; -W, the default, never refuses."""
+    prog = ["sh", "-c", "echo ran"]
+    for opts, ran in (
+        (["-w", "-p"], False),
+        (["-w", "-H", "-p"], False),
+        (["-W", "-p"], True),
+        (["-p"], True),
+        (["-w"], True),
+    ):
+        argv = ["s6-tcpserver", "--verbosity", "3", *opts, "127.0.0.1", "0", *prog]
+        with running_server(argv, tls_env(pki)) as srv:
+            assert ask(srv.port) == (b"ran\n" if ran else b""), opts
+            srv.wait_stderr("end pid" if ran else "deny 127.0.0.1")
+            warning = "unable to (paranoidly) resolve PTR for client address"
+            assert (warning in srv.stderr) == ("-p" in opts), srv.stderr
+            assert srv.process.poll() is None  # a refusal ends that connection only
+
+
 def test_max_connections_queue(pki: LoopbackPKI, resources: contextlib.ExitStack) -> None:
     """-c 2: a third client waits in the backlog until one of the two leaves."""
     prog = ["sh", "-c", "echo in; exec cat"]

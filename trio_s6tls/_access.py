@@ -27,7 +27,7 @@ from collections.abc import Callable
 import trio
 
 from . import _names, _proxy, _rules
-from ._errors import Fatal, describe_os_error
+from ._errors import EXIT_SYSTEM, Fatal, describe_os_error
 from ._log import Log
 
 
@@ -50,7 +50,7 @@ class Access:
         use_hosts: bool = False,
         paranoid: bool = False,
         local_name: str | None = None,
-        warn_lookup_failure: bool = True,
+        strict_resolution: bool = False,
     ) -> None:
         self.log = log
         self.timeout_ms = timeout_ms
@@ -60,7 +60,7 @@ class Access:
         self.use_hosts = use_hosts
         self.paranoid = paranoid
         self.local_name = local_name
-        self.warn_lookup_failure = warn_lookup_failure
+        self.strict_resolution = strict_resolution
         self._lookup_threads = trio.CapacityLimiter(max(threads, 1))
         self._rules_threads = trio.CapacityLimiter(max(threads, 1))
 
@@ -131,36 +131,56 @@ class Access:
         only; names from the DNS end with a dot. ``-l`` names the local
         host; ``-p`` drops a remote name from the DNS that does not resolve
         back to the address. A remote host the DNS knows no name for is
-        unset; a local one is empty."""
+        unset; a local one is empty.
+
+        ``-w`` (:attr:`strict_resolution`) refuses the client, as C's
+        s6-tcpserver-access does, when a lookup it needs *fails*: the hosts
+        file or the DNS configuration cannot be used, or ``-p``'s lookups
+        got no answer or a DNS error. Otherwise a failed lookup only leaves
+        the name unset."""
         local_host = self.local_name
         if not (self.remote_lookup or self.paranoid):
             return None, local_host
-        remote_host: str | None = None
-        with self.bounded():
+        found = _names.ReverseName(None)
+        unusable: list[str] = []  # why the DNS could not be used at all
+        with self.bounded() as scope:
             async with trio.open_nursery() as nursery:
 
                 async def look_up_local() -> None:
                     nonlocal local_host
-                    local_host = await self._reverse_name(local[0])
+                    local_host = (await self._reverse_name(local[0], unusable)).name
 
                 if local_host is None:
                     nursery.start_soon(look_up_local)
-                remote_host = await self._reverse_name(remote[0], paranoid=self.paranoid)
-        if not remote_host:
-            remote_host = None
-            if self.warn_lookup_failure:
-                self.log.info(f"no name for {remote[0]}", level=3)  # -v: C's lines only
+                found = await self._reverse_name(remote[0], unusable, paranoid=self.paranoid)
+        if scope.cancelled_caught and self.paranoid:  # -t ran out: C's query timed out
+            found = _names.ReverseName(
+                None, "unable to (paranoidly) resolve PTR for client address: query timed out", 99
+            )
+        if found.failure is not None:
+            self.log.warn(found.failure, level=3)
+        if self.strict_resolution and (unusable or found.failure is not None):
+            status = EXIT_SYSTEM if unusable else found.exit_code
+            self.log.info(f"deny {remote[0]} port {remote[1]}: a name lookup failed", level=2)
+            raise Refused(f"strict resolution: lookup failed ({status})")
+        remote_host = found.name or None
+        if remote_host is None:
+            self.log.info(f"no name for {remote[0]}", level=3)  # -v: C's lines only
         return remote_host, local_host
 
-    async def _reverse_name(self, ip: str, *, paranoid: bool = False) -> str | None:
+    async def _reverse_name(
+        self, ip: str, unusable: list[str], *, paranoid: bool = False
+    ) -> _names.ReverseName:
         timeout = self.timeout_ms / 1000 if self.timeout_ms else _names.DEFAULT_TIMEOUT
         lookup = functools.partial(
-            _names.reverse_name, ip, use_hosts=self.use_hosts, paranoid=paranoid, timeout=timeout
+            _names.reverse_lookup, ip, use_hosts=self.use_hosts, paranoid=paranoid, timeout=timeout
         )
         try:
             return await trio.to_thread.run_sync(
                 lookup, limiter=self._lookup_threads, abandon_on_cancel=True
             )
-        except _names.NameLookupError as error:  # an unusable /etc/hosts
-            self.log.info(f"unable to look up {ip}: {error.message}", level=2)
-            return None
+        except _names.NameLookupError as error:  # an unusable /etc/hosts or resolv.conf
+            # C: "unable to init DNS", a warning at -v 2
+            self.log.warn(f"unable to look up {ip}: {error.message}", level=2)
+            unusable.append(error.message)
+            return _names.ReverseName(None)

@@ -79,8 +79,10 @@ class Log:
     def usage(self, usage: str) -> None:
         self._write("usage", usage)
 
-    def warn(self, message: str) -> None:
-        if self.verbosity >= 1:
+    def warn(self, message: str, level: int = 1) -> None:
+        """A warning, written from verbosity ``level`` up (the C tools keep
+        some for -v 2 or 3)."""
+        if self.verbosity >= level:
             self._write("warning", message)
 
     def info(self, message: str, level: int = 2) -> None:

@@ -295,6 +295,23 @@ def _servers(nameservers: Sequence[str] | None) -> list[str]:
     return list(nameservers) if nameservers else default_nameservers()
 
 
+@dataclass(frozen=True)
+class ReverseName:
+    """What a reverse lookup found: ``name`` as :func:`reverse_name` gives
+    it, and for a paranoid one whose lookups failed (``failure``: C's
+    warning) the status s6-tcpserver-access ``-w`` exits with
+    (``exit_code``: 99 timed out, 1 no such domain, 111 otherwise)."""
+
+    name: str | None
+    failure: str | None = None
+    exit_code: int = 0
+
+
+def _failed(message: str, answer: _dns.Answer) -> ReverseName:
+    code = 99 if answer.timed_out else 1 if answer.error == "no such domain" else EXIT_SYSTEM
+    return ReverseName(None, f"{message}: {answer.error}", code)
+
+
 def reverse_name(
     ip: str,
     *,
@@ -312,25 +329,53 @@ def reverse_name(
     (or AAAA) records include ``ip``, else ``None``; one from the hosts
     file is taken as it is, as C does. Raises :class:`NameLookupError`
     only for an unusable hosts file."""
+    return reverse_lookup(
+        ip,
+        use_hosts=use_hosts,
+        paranoid=paranoid,
+        timeout=timeout,
+        nameservers=nameservers,
+        port=port,
+        hosts_path=hosts_path,
+    ).name
+
+
+def reverse_lookup(
+    ip: str,
+    *,
+    use_hosts: bool,
+    paranoid: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    nameservers: Sequence[str] | None = None,
+    port: int = 53,
+    hosts_path: str = HOSTS_PATH,
+) -> ReverseName:
+    """:func:`reverse_name`, telling a paranoid lookup that *failed* (the
+    PTR query, or the A/AAAA query of the name it gave, got no answer or a
+    DNS error; or the PTR answer held no usable name) from one that found
+    a name not resolving back (no failure: the name is just dropped).
+    s6-tcpserver-access ``-w`` refuses the client for the first only; a
+    lookup that is not paranoid never fails that way."""
     deadline = time.monotonic() + timeout
     packed = _packed(ip)
     if use_hosts:
         hosts = read_hosts(hosts_path)
         names = hosts.names_by_address.get(packed) if hosts is not None else None
         if names:
-            return names[0].decode("utf-8", "surrogateescape")
+            return ReverseName(names[0].decode("utf-8", "surrogateescape"))
     servers = _servers(nameservers)
     answer = _dns.ask(servers, port, _arpa_name(packed), "PTR", deadline)
     if answer.error is not None:
-        return None
-    if not answer.names:
-        return ""
-    name = _c_name_text(answer.names[0])
-    if paranoid and name:
-        back = _dns.ask(servers, port, name, "AAAA" if len(packed) == 16 else "A", deadline)
-        if packed not in back.addresses:
-            return None
-    return name
+        if paranoid:
+            return _failed("unable to (paranoidly) resolve PTR for client address", answer)
+        return ReverseName(None)
+    name = _c_name_text(answer.names[0]) if answer.names else ""
+    if not paranoid:
+        return ReverseName(name)
+    back = _dns.ask(servers, port, name, "AAAA" if len(packed) == 16 else "A", deadline)
+    if back.error is not None:
+        return _failed(f"unable to (paranoidly) resolve {name}", back)
+    return ReverseName(name if name and packed in back.addresses else None)
 
 
 def _arpa_name(packed: bytes) -> str:

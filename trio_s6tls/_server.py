@@ -115,7 +115,7 @@ class ServerConfig:
     use_hosts: bool = False  # -h: /etc/hosts before the DNS
     paranoid: bool = False  # -p: a remote name must resolve back to the IP
     local_name: str | None = None  # -l
-    warn_lookup_failure: bool = True  # -W / -w
+    strict_resolution: bool = False  # -w: a failed lookup refuses the client (-W: not)
     nodelay: bool = False  # -D
     # prog's identity, set at each spawn (needs root). The programs leave it
     # unset: the server process itself takes -u/-g/-G, and prog inherits it.
@@ -176,7 +176,7 @@ class Server:
             use_hosts=config.use_hosts,
             paranoid=config.paranoid,
             local_name=config.local_name,
-            warn_lookup_failure=config.warn_lookup_failure,
+            strict_resolution=config.strict_resolution,
         )
         self.spawn_threads = trio.CapacityLimiter(SPAWN_THREADS)
         # One cancel scope per connection whose prog has not started yet.
