@@ -1442,6 +1442,9 @@ TLSCLIENT_CASES = [
         client_error_case("s6-tlsclient", ["-H"], port="FREE"),
     ),
     Case("s6-tlsclient/error/no-arguments", usage_case("s6-tlsclient", [])),
+    # C's s6-tlsclient hands -4 and -6 both to s6-tcpclient: -6 wins
+    Case("s6-tlsclient/error/-6-then--4", client_error_case("s6-tlsclient", ["-H", "-6", "-4"])),
+    Case("s6-tlsclient/error/-4-then--6", client_error_case("s6-tlsclient", ["-H", "-4", "-6"])),
     Case(
         "s6-tlsclient/error/-K-not-a-number",
         client_error_case("s6-tlsclient", ["-H", "-K", "x"]),
@@ -1464,6 +1467,7 @@ TLSCLIENT_CASES = [
 TCPCLIENT_CASES = [
     Case("s6-tcpclient/exchange/with-C-s6-tlsc-to-s6-tlsserver", mixed_exchange("s6-tcpclient")),
     Case("s6-tcpclient/env/-H", client_case("s6-tcpclient", ["-H"])),
+    Case("s6-tcpclient/env/-6-then--4", client_case("s6-tcpclient", ["-H", "-6", "-4"])),
     Case("s6-tcpclient/env/default", client_case("s6-tcpclient", [])),
     Case("s6-tcpclient/env/-h", client_case("s6-tcpclient", ["-h"])),
     Case("s6-tcpclient/env/-H-l", client_case("s6-tcpclient", ["-H", "-l", "fid.local"])),

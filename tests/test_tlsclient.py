@@ -402,6 +402,37 @@ def test_ipv4_only_flag(pki: LoopbackPKI, tmp_path: Path) -> None:
     assert parse_env(report.read_text())["TCPREMOTEIP"] == "127.0.0.1"
 
 
+@pytest.mark.parametrize(
+    ("name", "flags", "connects"),
+    [
+        ("s6-tcpclient", ["-6", "-4"], True),
+        ("s6-tcpclient", ["-4", "-6"], False),
+        ("s6-tlsclient", ["-4", "-6"], False),
+        ("s6-tlsclient", ["-6", "-4"], False),
+        ("s6-tlsclient", ["--ipv6", "--ipv4"], False),
+        ("s6-tlsclient", ["-4"], True),
+    ],
+)
+def test_family_flags_as_c(pki: LoopbackPKI, name: str, flags: list[str], connects: bool) -> None:
+    """Both -4 and -6: s6-tcpclient takes the later, as C's; C's
+    s6-tlsclient hands both to s6-tcpclient, -4 first, so -6 wins there
+    whatever the order. With -6, an IPv4 address is a usage error (100)."""
+    handshake_bound = ["-K", "300"] if name == "s6-tlsclient" else []  # nobody answers it
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        proc = subprocess.run(
+            [program(name), "-H", *flags, *handshake_bound, "127.0.0.1", str(port), "true"],
+            capture_output=True,
+            timeout=TIMEOUT,
+            env=tls_env(pki),
+        )
+    if connects:
+        # s6-tlsclient connects, then its handshake finds no TLS server: not 100
+        assert proc.returncode != 100, proc.stderr
+    else:
+        assert proc.returncode == 100, proc.stderr
+
+
 def test_tlsclient_tls_options(pki: LoopbackPKI, client_cert: ClientCert, tmp_path: Path) -> None:
     """-y sends the client certificate, -Z keeps the TLS variables, -v logs
     the connection and the handshake, -n/-h/-d/-R/-K/-S/-J parse and run."""

@@ -7,13 +7,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import _options
-from ._cli import Parsed, Program
+from ._cli import Opt, Parsed, Program
 from .tcpclient import TCP_OPTIONS, split_operands, tcp_options
+
+# C's s6-tlsclient keeps -4 and -6 as two flags and hands both to
+# s6-tcpclient, -4 first: -6 wins whenever it is given.
+_FAMILY_FLAGS = [
+    Opt("4", "ipv4", "ipv4", True, help="IPv4 only (default: every address)"),
+    Opt("6", "ipv6", "ipv6", True, help="IPv6 only (wins over -4)"),
+]
+_TCP_OPTIONS = [
+    replacement
+    for opt in TCP_OPTIONS
+    for replacement in (_FAMILY_FLAGS if opt.short == "4" else [] if opt.short == "6" else [opt])
+]
 
 # s6-tlsclient spells the verbosity -q/-Q/-v (flags): no -v N here.
 PROGRAM = Program(
     "s6-tlsclient",
-    [*TCP_OPTIONS, *_options.KEEP_ENV, *_options.CLIENT_TLS_BASE],
+    [*_TCP_OPTIONS, *_options.KEEP_ENV, *_options.CLIENT_TLS_BASE],
     operands="host port prog...",
     summary="Connects to host:port, performs a client TLS handshake (SNI and verified\n"
     "name: host, unless -k; with -H and no -k, no SNI), then execs into prog in\n"
@@ -29,7 +41,11 @@ def run(parsed: Parsed) -> int:
 
     importing = start_engine_import()  # behind the network's round trips
     host, port, prog = split_operands(parsed.operands)
-    tcp = tcp_options(parsed.values)
+    values = dict(parsed.values)
+    ipv4, ipv6 = values.pop("ipv4", False), values.pop("ipv6", False)
+    if ipv4 or ipv6:
+        values["family"] = 6 if ipv6 else 4
+    tcp = tcp_options(values)
     import os
 
     from .._exec import handshake_then_exec
@@ -38,8 +54,8 @@ def run(parsed: Parsed) -> int:
     from .._tlsconfig import context_from_environment
     from ._arguments import tls_options
 
-    servername = parsed.values.get("servername", host if tcp.lookup_names else None)
-    options = tls_options(parsed.values, verbosity=tcp.verbosity, servername=servername)
+    servername = values.get("servername", host if tcp.lookup_names else None)
+    options = tls_options(values, verbosity=tcp.verbosity, servername=servername)
     context, identity = context_from_environment(os.environ, options, server_side=False)
     fd, tcp_env = open_connection(host, port, tcp, Log(PROGRAM.name, tcp.verbosity))
     # Without TLS_UID/TLS_GID (the engine alone would change identity), the
@@ -53,7 +69,7 @@ def run(parsed: Parsed) -> int:
         server_side=False,
         network=(fd, fd),
         prog_fds=(6, 7),
-        keep_tls=bool(parsed.values.get("keep_env", False)),
+        keep_tls=bool(values.get("keep_env", False)),
         extra_env=tcp_env,
         established=established,
     )
