@@ -1319,6 +1319,8 @@ TLSCLIENT_CASES = [
     Case("s6-tlsclient/env/-H-k", client_case("s6-tlsclient", ["-H", "-k", "localhost"])),
     Case("s6-tlsclient/env/-H-ip-literal", client_case("s6-tlsclient", ["-H"])),
     Case("s6-tlsclient/env/ip-literal-lookups", client_case("s6-tlsclient", [])),
+    Case("s6-tlsclient/env/ip-list", client_case("s6-tlsclient", [], host="127.0.0.1,::1")),
+    Case("s6-tlsclient/env/-H-ip-list", client_case("s6-tlsclient", ["-H"], host="127.0.0.1 ::1")),
     Case("s6-tlsclient/env/-h", client_case("s6-tlsclient", ["-h"])),
     Case("s6-tlsclient/env/-H-l", client_case("s6-tlsclient", ["-H", "-l", "fid.local"])),
     Case(

@@ -176,8 +176,10 @@ SNI_REPORT = sh('printf "%s\\n" "${SSL_TLS_SNI_SERVERNAME-none}"')
         (["-H"], "127.0.0.1", "none"),
         (["-H", "-k", "localhost"], "127.0.0.1", "localhost"),
         ([], "127.0.0.1", "none"),  # an IP address: no SNI sent, none exported
+        ([], "127.0.0.1,::1", "none"),  # an address list: no SNI either, as C
+        (["-H"], "127.0.0.1 ::1", "none"),
     ],
-    ids=["default-host", "-k", "-H-no-sni", "-H-k", "ip-literal-no-sni"],
+    ids=["default-host", "-k", "-H-no-sni", "-H-k", "ip-literal-no-sni", "ip-list", "-H-ip-list"],
 )
 def test_sni_follows_host_k_and_H(pki: LoopbackPKI, flags: list[str], host: str, sni: str) -> None:
     """The server gets the SNI, and the client's prog sees in

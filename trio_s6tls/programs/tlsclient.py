@@ -50,7 +50,7 @@ def run(parsed: Parsed) -> int:
 
     from .._exec import handshake_then_exec
     from .._log import Log
-    from .._tcpclient import open_connection
+    from .._tcpclient import ip_list, open_connection
     from .._tlsconfig import context_from_environment
     from ._arguments import tls_options
 
@@ -58,6 +58,12 @@ def run(parsed: Parsed) -> int:
     options = tls_options(values, verbosity=tcp.verbosity, servername=servername)
     context, identity = context_from_environment(os.environ, options, server_side=False)
     fd, tcp_env = open_connection(host, port, tcp, Log(PROGRAM.name, tcp.verbosity))
+    if servername is not None and "servername" not in values and ip_list(host) is not None:
+        # An address list (a,b): C sends no SNI for it, as for one address;
+        # the certificate is checked against the address connected to.
+        import dataclasses
+
+        options = dataclasses.replace(options, servername=tcp_env["TCPREMOTEIP"])
     # Without TLS_UID/TLS_GID (the engine alone would change identity), the
     # handshake runs here while trio is imported.
     established = handshake_now(fd, context, options) if identity == (None, None) else None
