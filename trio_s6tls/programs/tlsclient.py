@@ -10,17 +10,25 @@ from . import _options
 from ._cli import Opt, Parsed, Program
 from .tcpclient import TCP_OPTIONS, split_operands, tcp_options
 
+TYPE_CHECKING = False  # typing would slow down --version
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .._tcpclient import TcpClientOptions
+
 # C's s6-tlsclient keeps -4 and -6 as two flags and hands both to
 # s6-tcpclient, -4 first: -6 wins whenever it is given.
 _FAMILY_FLAGS = [
     Opt("4", "ipv4", "ipv4", True, help="IPv4 only (default: every address)"),
     Opt("6", "ipv6", "ipv6", True, help="IPv6 only (wins over -4)"),
 ]
-_TCP_OPTIONS = [
-    replacement
-    for opt in TCP_OPTIONS
-    for replacement in (_FAMILY_FLAGS if opt.short == "4" else [] if opt.short == "6" else [opt])
+# ... and passes -N for -n: both are accepted and change nothing.
+_QUALIFY_FLAGS = [
+    Opt("n", "qualify", "paranoid", True, group="paranoid", help="no effect (as C's s6-tlsclient)"),
+    Opt("N", "no-qualify", "paranoid", False, group="paranoid", help="no effect (default)"),
 ]
+_REPLACED = {"4": _FAMILY_FLAGS, "6": [], "n": _QUALIFY_FLAGS, "N": []}
+_TCP_OPTIONS = [new for opt in TCP_OPTIONS for new in _REPLACED.get(opt.short, [opt])]
 
 # s6-tlsclient spells the verbosity -q/-Q/-v (flags): no -v N here.
 PROGRAM = Program(
@@ -36,16 +44,24 @@ PROGRAM = Program(
 )
 
 
+def tlsclient_tcp_options(values: dict[str, Any]) -> TcpClientOptions:
+    """The TCP options as C's s6-tlsclient hands them to s6-tcpclient:
+    ``-6`` wins over ``-4`` (both are passed, ``-4`` first), and ``-n``
+    becomes ``-N`` (C's code does so: ``-n``/``--qualify`` change nothing)."""
+    ipv4, ipv6 = values.pop("ipv4", False), values.pop("ipv6", False)
+    if ipv4 or ipv6:
+        values["family"] = 6 if ipv6 else 4
+    values.pop("paranoid", None)
+    return tcp_options(values)
+
+
 def run(parsed: Parsed) -> int:
     from .._early_handshake import handshake_now, start_engine_import
 
     importing = start_engine_import()  # behind the network's round trips
     host, port, prog = split_operands(parsed.operands)
     values = dict(parsed.values)
-    ipv4, ipv6 = values.pop("ipv4", False), values.pop("ipv6", False)
-    if ipv4 or ipv6:
-        values["family"] = 6 if ipv6 else 4
-    tcp = tcp_options(values)
+    tcp = tlsclient_tcp_options(values)
     import os
 
     from .._exec import handshake_then_exec
