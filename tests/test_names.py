@@ -39,6 +39,7 @@ import pytest
 from c_tools import MISSING_REASON, require_c_tools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import program
 
 from trio_s6tls._names import (
     NameLookupError,
@@ -47,8 +48,10 @@ from trio_s6tls._names import (
     forward_addresses,
     normalize_name,
     parse_hosts,
+    qualified_names,
     reverse_lookup,
     reverse_name,
+    search_rules,
 )
 
 TIMEOUT = 20.0
@@ -728,13 +731,44 @@ def test_s6_tcpclient_exports_an_empty_name_for_nodata(c_dns: TinyDNS, etc: Path
     assert env["TCPREMOTEHOST"] == ""
 
 
+RESOLV_CONFS = [
+    b"search Example.com b.test.\ndomain d.test e.test\nnameserver 127.0.0.2\nsearch  x.y\r\n",
+    b"domain only.test\n",
+    b"search a.test\tb.test  c.test\nsearch last.test",  # no newline at the end
+    b"searchx.test\nsearch\n#search c.test\ndomain\tz.test\n",
+    b"nameserver 127.0.0.2\n",
+]
+
+
+@pytest.mark.parametrize("content", RESOLV_CONFS)
+@pytest.mark.parametrize("dnsqualify", [None, "a.b  c.", ""])
+def test_qualified_names_as_c_s6_dnsqualify(
+    content: bytes, dnsqualify: str | None, tmp_path: Path
+) -> None:
+    (tmp_path / "resolv.conf").write_bytes(content)
+    env = {} if dnsqualify is None else {"DNSQUALIFY": dnsqualify}
+    for name in ("foo", "Foo.Bar", "foo."):
+        result = run_c([c_program("s6-dnsqualify"), name], tmp_path, env=env)
+        assert result.returncode == 0, result
+        rules = search_rules(str(tmp_path / "resolv.conf"), env)
+        ours = [candidate.decode() for candidate in qualified_names(name, rules)]
+        assert result.stdout.decode().lower().split() == ours, (name, rules)
+
+
 def c_dnsip(
-    name: str, families: str, etc: Path, *, use_hosts: bool, hosts: Path | None = None
+    name: str,
+    families: str,
+    etc: Path,
+    *,
+    use_hosts: bool,
+    hosts: Path | None = None,
+    qualify: str | None = None,
 ) -> tuple[int, list[str]]:
+    """s6-dnsip*'s answer; ``qualify``: with -q, that $DNSQUALIFY."""
     program = {"46": "s6-dnsip", "4": "s6-dnsip4", "6": "s6-dnsip6"}[families]
-    result = run_c(
-        [c_program(program), "-t", "1500", "-h" if use_hosts else "-H", name], etc, hosts
-    )
+    flags = ["-t", "1500", "-h" if use_hosts else "-H", *(["-q"] if qualify is not None else [])]
+    env = {"DNSQUALIFY": qualify} if qualify is not None else None
+    result = run_c([c_program(program), *flags, name], etc, hosts, env)
     return result.returncode, result.stdout.decode().split()
 
 
@@ -780,6 +814,57 @@ def test_forward_addresses_from_hosts_as_c(
     code, addresses = c_dnsip(name, families, etc, use_hosts=True, hosts=Path(hosts_file))
     ours = ours_forward(name, families, dns_server, use_hosts=True, hosts_path=hosts_file)
     assert (addresses if code == 0 else None) == ours, (code, addresses, ours)
+
+
+QUALIFY = "nothing.test example.com"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["both", "four", "six", "nodata", "servfail", "nothing", "both.example.com.", "hosted"],
+)
+@pytest.mark.parametrize("families", ["46", "4", "6"])
+def test_qualified_forward_addresses_as_c_s6_dnsip(
+    name: str, families: str, c_dns: TinyDNS, dns_server: TinyDNS, etc: Path
+) -> None:
+    """-n (s6-dnsip -q): each suffix of the search list in turn."""
+    code, addresses = c_dnsip(name, families, etc, use_hosts=False, qualify=QUALIFY)
+    rules = search_rules(environ={"DNSQUALIFY": QUALIFY})
+    ours = ours_forward(name, families, dns_server, use_hosts=False, qualify=True, rules=rules)
+    assert (addresses if code == 0 else None) == ours, (code, addresses, ours)
+
+
+@pytest.mark.parametrize("name", ["hosted", "onlyfour", "onlysix", "loop-alias", "hostloop"])
+@pytest.mark.parametrize("families", ["46", "4", "6"])
+def test_qualified_forward_addresses_from_hosts_as_c(
+    name: str, families: str, c_dns: TinyDNS, dns_server: TinyDNS, etc: Path, hosts_file: str
+) -> None:
+    qualify = "example.com"
+    code, addresses = c_dnsip(
+        name, families, etc, use_hosts=True, hosts=Path(hosts_file), qualify=qualify
+    )
+    rules = search_rules(environ={"DNSQUALIFY": qualify})
+    ours = ours_forward(
+        name, families, dns_server, use_hosts=True, hosts_path=hosts_file, qualify=True, rules=rules
+    )
+    assert (addresses if code == 0 else None) == ours, (code, addresses, ours)
+
+
+@pytest.mark.parametrize("flags", [["-n"], ["-N"], ["-n", "-h"]])
+def test_tcpclient_qualify_as_c(flags: list[str], c_dns: TinyDNS, etc: Path) -> None:
+    """s6-tcpclient -n: host is qualified with the search list ($DNSQUALIFY
+    here), C's and ours alike; -N (the default) takes it as it is."""
+    results = []
+    with socket.create_server(("127.0.0.9", 0)) as listener:  # back.example.com
+        port = str(listener.getsockname()[1])
+        for tool in (c_program("s6-tcpclient"), program("s6-tcpclient")):
+            argv = [tool, "-t", "3", "-l", "here", *flags, "back", port]
+            result = run_c(
+                [*argv, "/bin/sh", "-c", 'echo "$TCPREMOTEIP"'], etc, env={"DNSQUALIFY": QUALIFY}
+            )
+            results.append((result.returncode, result.stdout))
+    expected = (0, b"127.0.0.9\n") if "-n" in flags else (111, b"")
+    assert results == [expected, expected], results
 
 
 # Hosts files made of lines the grammar cares about (mostly well formed,

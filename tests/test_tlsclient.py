@@ -437,15 +437,15 @@ def test_family_flags_as_c(pki: LoopbackPKI, name: str, flags: list[str], connec
 
 def test_tlsclient_qualify_is_a_no_op_as_c() -> None:
     """C's s6-tlsclient hands -N to s6-tcpclient for -n (so -n/--qualify
-    change nothing there); ours keeps that. s6-tcpclient's -n is ours
-    (docs/migration.rst): the remote name must resolve back."""
+    change nothing there); ours keeps that. s6-tcpclient's -n qualifies
+    host (test_names: test_tcpclient_qualify_as_c)."""
     from trio_s6tls.programs import tcpclient, tlsclient
 
     for argv in (["-n"], ["--qualify"], ["-N", "-n"], []):
         values = tlsclient.PROGRAM.parse([*argv, "127.0.0.1", "1", "true"]).values
-        assert not tlsclient.tlsclient_tcp_options(values).paranoid, argv
+        assert not tlsclient.tlsclient_tcp_options(values).qualify, argv
     values = tcpclient.PROGRAM.parse(["-n", "127.0.0.1", "1", "true"]).values
-    assert tcpclient.tcp_options(values).paranoid
+    assert tcpclient.tcp_options(values).qualify
 
 
 def test_tlsclient_tls_options(pki: LoopbackPKI, client_cert: ClientCert, tmp_path: Path) -> None:

@@ -17,8 +17,10 @@ returns:
   s6-tcpserver-access unsets it); no answer at all (no such domain, a
   server failure, a timeout) gives ``None``.
 - **Forward** (:func:`forward_addresses`, for s6-tcpclient's host): the
-  name is taken as fully qualified (no search list: C's default ``-N``),
-  lower-cased, empty labels dropped. With ``use_hosts`` the addresses of
+  name is taken as fully qualified (C's default ``-N``), or with
+  ``qualify`` (``-n``) tried with each suffix of the search list
+  (:func:`search_rules`, :func:`qualified_names`); lower-cased, empty
+  labels dropped. With ``use_hosts`` the addresses of
   the *first name* of ``/etc/hosts`` lines (aliases are not looked up this
   way) in file order, IPv4 before IPv6, and only when the name has an IPv4
   entry if both families are wanted (s6-dns returns nothing there when the
@@ -384,6 +386,44 @@ def _arpa_name(packed: bytes) -> str:
     return ".".join(reversed(packed.hex())) + ".ip6.arpa."
 
 
+def search_rules(
+    resolv_conf: str = RESOLV_CONF, environ: Mapping[str, str] | None = None
+) -> list[bytes]:
+    """The suffixes s6-dns qualifies a name with (``-n``): the words of
+    ``$DNSQUALIFY``, else of ``resolv_conf``'s ``search`` lines and the
+    first word of its ``domain`` lines, in file order; each ends with a
+    dot, and the empty suffix (the name itself) comes last."""
+    environ = os.environ if environ is None else environ
+    rules: list[bytes] = []
+    listed = environ.get("DNSQUALIFY")
+    if listed is not None:
+        rules = os.fsencode(listed).split()
+    else:
+        try:
+            with open(resolv_conf, "rb") as file:
+                lines = (file.read(4095) + b"\n").split(b"\n")[:-1]  # s6-dns ends it with a newline
+        except FileNotFoundError:
+            lines = []
+        except OSError as error:
+            raise NameLookupError(
+                f"unable to read {resolv_conf}: {describe_os_error(error)}"
+            ) from None
+        for line in lines:
+            if len(line) > 8 and line[:6] in (b"domain", b"search") and line[6:7] in b" \t\r":
+                words = line[7:].replace(b"\r", b" ").split()
+                rules.extend(words[:1] if line.startswith(b"domain") else words)
+    return [rule if rule.endswith(b".") else rule + b"." for rule in rules] + [b""]
+
+
+def qualified_names(name: str, rules: Sequence[bytes]) -> list[bytes]:
+    """``name`` qualified as s6-dns does: as it is if it ends with a dot,
+    else with each suffix of ``rules`` in turn (:func:`search_rules`)."""
+    text = os.fsencode(name).lower()
+    if text.endswith(b"."):
+        return [normalize_name(name)]
+    return [normalize_name(os.fsdecode(text + b"." + rule)) for rule in rules]
+
+
 def forward_addresses(
     name: str,
     *,
@@ -393,42 +433,93 @@ def forward_addresses(
     nameservers: Sequence[str] | None = None,
     port: int = 53,
     hosts_path: str = HOSTS_PATH,
+    qualify: bool = False,
+    rules: Sequence[bytes] | None = None,
 ) -> list[str]:
     """The addresses of ``name`` as s6-tcpclient finds them (see the
     module's docstring), formatted as C does. ``families``: ``"46"`` (both,
-    the default), ``"4"`` (``-4``) or ``"6"`` (``-6``). Never empty: no
-    address is a :class:`NameLookupError`."""
+    the default), ``"4"`` (``-4``) or ``"6"`` (``-6``). ``qualify``
+    (s6-tcpclient ``-n``): a name without a final dot is tried with each
+    suffix of ``rules`` (default: :func:`search_rules`) in turn, as s6-dns
+    does: the first one the DNS answers (even without records) counts, one
+    with no such domain or a server failure passes to the next; in the
+    hosts file, the aliases, then the first qualified name it has. Never
+    empty: no address is a :class:`NameLookupError`."""
     if families not in ("4", "6", "46"):
         raise ValueError(f"families must be '4', '6' or '46', not {families!r}")
     try:
         qname = normalize_name(name)
+        if qualify:
+            candidates = qualified_names(name, search_rules() if rules is None else rules)
+        else:
+            candidates = [qname]
     except ValueError as error:
         raise NameLookupError(f"unable to resolve {name}: {error}") from None
     if use_hosts:
         hosts = read_hosts(hosts_path)
         if hosts is not None:
-            found = hosts.fqdn.get(qname, [])
-            v4 = [a for a in found if len(a) == 4]
-            v6 = [a for a in found if len(a) == 16]
-            # s6dns_hosts_aaaaa: nothing at all when the IPv4 part is empty.
-            chosen = {"4": v4, "6": v6, "46": v4 + v6 if v4 else []}[families]
+            chosen: list[bytes] = []
+            if qualify and len(candidates) > 1:  # s6dns_hosts_*_q: the aliases first
+                chosen = _hosts_choice(hosts.aliases.get(qname[:-1], []), families)
+            for candidate in candidates:
+                found = _hosts_choice(hosts.fqdn.get(candidate, []), families)
+                if found:
+                    chosen += found
+                    break
             if chosen:
                 return [format_address(a) for a in chosen]
     deadline = time.monotonic() + timeout
     servers = _servers(nameservers)
-    text = qname.decode("utf-8", "surrogateescape")
     rdtypes = {"4": ["A"], "6": ["AAAA"], "46": ["AAAA", "A"]}[families]
-    # Both families at once, as s6-dns asks them.
-    answers = _dns.at_once(
-        [functools.partial(_dns.ask, servers, port, text, rdtype, deadline) for rdtype in rdtypes]
-    )
-    addresses = [format_address(a) for answer in answers for a in answer.addresses]
-    if addresses:
-        return addresses
-    # s6-dns reports the A query's error first, then the AAAA one's.
-    failed = [answer for answer in reversed(answers) if answer.error is not None]
-    reason = failed[0].error if failed else "no address record"
+    first_error: _dns.Answer | None = None
+    for candidate in candidates:
+        text = candidate.decode("utf-8", "surrogateescape")
+        # Both families at once, as s6-dns asks them.
+        answers = _dns.at_once(
+            [
+                functools.partial(_dns.ask, servers, port, text, rdtype, deadline)
+                for rdtype in rdtypes
+            ]
+        )
+        if not qualify:
+            addresses = [format_address(a) for answer in answers for a in answer.addresses]
+            if addresses:
+                return addresses
+            # s6-dns reports the A query's error first, then the AAAA one's.
+            failed = [answer for answer in reversed(answers) if answer.error is not None]
+            first_error = failed[0] if failed else None
+            break
+        answered, addresses, gave_up = False, [], None
+        for answer in answers:  # AAAA then A, as s6dns_resolveq_aaaaa reads them
+            if answer.error is None:
+                answered = True
+                addresses += [format_address(a) for a in answer.addresses]
+            elif answer.error in _NEXT_NAME_ERRORS:
+                first_error = first_error or answer  # the next name may have it
+            else:  # no answer at all: s6-dns gives up
+                gave_up = answer
+                break
+        if gave_up is not None:
+            first_error = gave_up
+            break
+        if answered:  # this name counts, records or not
+            if addresses:
+                return addresses
+            first_error = None
+            break
+    reason = first_error.error if first_error is not None else "no address record"
     raise NameLookupError(
         f"unable to resolve {name}: {reason}",
-        timed_out=bool(failed) and failed[0].timed_out,
+        timed_out=first_error is not None and first_error.timed_out,
     )
+
+
+#: The DNS errors after which s6-dns tries the next qualified name.
+_NEXT_NAME_ERRORS = ("no such domain", "server failure")
+
+
+def _hosts_choice(found: Sequence[bytes], families: str) -> list[bytes]:
+    v4 = [a for a in found if len(a) == 4]
+    v6 = [a for a in found if len(a) == 16]
+    # s6dns_hosts_aaaaa: nothing at all when the IPv4 part is empty.
+    return {"4": v4, "6": v6, "46": v4 + v6 if v4 else []}[families]

@@ -8,7 +8,8 @@ joined before the call returns (no thread outlives it: safe to fork):
    ``ip46_scanlist``), or ``0``/empty (``::1`` then ``127.0.0.1``), or a
    name, which :mod:`~trio_s6tls._names` resolves as s6-dns does: the DNS
    only, ``/etc/hosts`` first with ``-h``; AAAA then A records (``-4``/
-   ``-6``: one family). ``-H`` means no lookups at all: a name is then a
+   ``-6``: one family); with ``-n``, qualified with the search list first.
+   ``-H`` means no lookups at all: a name is then a
    usage error, as in C.
 2. Connection attempts go through the addresses one by one, like
    ucspi-tcp's tcpclient: a first round with ``X`` seconds per address, then
@@ -19,8 +20,7 @@ joined before the call returns (no thread outlives it: safe to fork):
    (``PROTO``, ``TCPLOCALIP``, ... ``TCPREMOTEINFO`` unset); host names come
    from reverse lookups (both at once) unless ``-H``: ``name.`` from the
    DNS, empty when the server knows no name, unset when it did not answer;
-   ``-l`` names the local host; ``-n`` keeps a remote name only if it
-   resolves back to the address.
+   ``-l`` names the local host.
 
 Lookups are bounded by ``-t``, or :data:`~trio_s6tls._names.DEFAULT_TIMEOUT`
 seconds without it.
@@ -52,7 +52,7 @@ class TcpClientOptions:
     nodelay: bool = False  # -D
     lookup_names: bool = True  # -H turns it off: no lookup at all
     use_hosts: bool = False  # -h: /etc/hosts before the DNS
-    paranoid: bool = False  # -n / -N (default)
+    qualify: bool = False  # -n: host qualified with the search list; -N (default)
     local_name: str | None = None  # -l
     total_timeout: float = 0.0  # -t, 0 = none
     rounds: tuple[float, float] = (2.0, 58.0)  # -T X+Y
@@ -126,6 +126,7 @@ def resolve(host: str, port: str, options: TcpClientOptions) -> list[AddressInfo
                 use_hosts=options.use_hosts,
                 families=families,
                 timeout=lookup_timeout(options),
+                qualify=options.qualify,
             )[:MAX_ADDRESSES]
     if not ips:
         raise Fatal(EXIT_USAGE, f"no IP address for {host}")
@@ -217,22 +218,15 @@ def client_environment(sock: socket.socket, options: TcpClientOptions) -> dict[s
         from ._dns import at_once
         from ._names import reverse_name
 
-        def lookup(ip: str, paranoid: bool = False) -> str | None:
-            return reverse_name(
-                ip,
-                use_hosts=options.use_hosts,
-                paranoid=paranoid,
-                timeout=lookup_timeout(options),
-            )
+        def lookup(ip: str) -> str | None:
+            return reverse_name(ip, use_hosts=options.use_hosts, timeout=lookup_timeout(options))
 
         # Both at once, as s6-tcpclient asks them.
         remote_ip, local_ip = str(remote[0]), str(local[0])
         if local_host is None:
-            remote_host, local_host = at_once(
-                [lambda: lookup(remote_ip, options.paranoid), lambda: lookup(local_ip)]
-            )
+            remote_host, local_host = at_once([lambda: lookup(remote_ip), lambda: lookup(local_ip)])
         else:
-            remote_host = lookup(remote_ip, options.paranoid)
+            remote_host = lookup(remote_ip)
     return tcp_environment(
         local=(local[0], local[1]),
         remote=(remote[0], remote[1]),

@@ -24,8 +24,8 @@ _FAMILY_FLAGS = [
 ]
 # ... and passes -N for -n: both are accepted and change nothing.
 _QUALIFY_FLAGS = [
-    Opt("n", "qualify", "paranoid", True, group="paranoid", help="no effect (as C's s6-tlsclient)"),
-    Opt("N", "no-qualify", "paranoid", False, group="paranoid", help="no effect (default)"),
+    Opt("n", "qualify", "qualify", True, group="qualify", help="no effect (as C's s6-tlsclient)"),
+    Opt("N", "no-qualify", "qualify", False, group="qualify", help="no effect (default)"),
 ]
 _REPLACED = {"4": _FAMILY_FLAGS, "6": [], "n": _QUALIFY_FLAGS, "N": []}
 _TCP_OPTIONS = [new for opt in TCP_OPTIONS for new in _REPLACED.get(opt.short, [opt])]
@@ -51,7 +51,7 @@ def tlsclient_tcp_options(values: dict[str, Any]) -> TcpClientOptions:
     ipv4, ipv6 = values.pop("ipv4", False), values.pop("ipv6", False)
     if ipv4 or ipv6:
         values["family"] = 6 if ipv6 else 4
-    values.pop("paranoid", None)
+    values.pop("qualify", None)
     return tcp_options(values)
 
 
