@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from trio_s6tls import FdPairStream, fd_stream
+from trio_s6tls._fdstreams import Parking
 
 
 def over_socket(sock: socket.socket, second_fd: bool) -> FdPairStream:
@@ -73,3 +74,82 @@ async def test_pipes_grow_only_when_asked(pipe_size: int | None) -> None:
     stream = FdPairStream(read_fd, write_fd, pipe_size=pipe_size)
     assert fcntl.fcntl(write_fd, fcntl.F_GETPIPE_SZ) == (pipe_size or default)
     await stream.aclose()
+
+
+async def park_until_written(parking: Parking, fds: list[int], write_fd: int) -> None:
+    """Park on ``fds`` (none of them readable), then write to ``write_fd``'s
+    pipe: returns once the park has woken."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(parking.wait_any_readable, fds)
+        await trio.testing.wait_all_tasks_blocked()
+        os.write(write_fd, b"x")
+
+
+async def test_parked_tasks_wake_on_any_of_their_own_fds() -> None:
+    """Each task parked on a few fds wakes once one of them is readable
+    (data or EOF), not for another task's; its fds are let go then, so it
+    can park on them again."""
+    parking = Parking()
+    pipes = [os.pipe() for _ in range(4)]
+    woken: list[int] = []
+    first_woken = trio.Event()
+
+    async def park(index: int, fds: list[int]) -> None:
+        await parking.wait_any_readable(fds)
+        woken.append(index)
+        first_woken.set()
+
+    try:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(park, 0, [pipes[0][0], pipes[1][0]])
+                nursery.start_soon(park, 1, [pipes[2][0], pipes[3][0]])
+                await trio.testing.wait_all_tasks_blocked()
+                assert woken == []
+                os.write(pipes[1][1], b"x")  # task 0's second fd
+                await first_woken.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                assert woken == [0]
+                os.close(pipes[2][1])  # EOF on task 1's first fd
+            assert woken == [0, 1]
+            os.read(pipes[1][0], 1)
+            await park_until_written(parking, [pipes[0][0], pipes[1][0]], pipes[0][1])
+            await parking.wait_any_readable([pipes[0][0]])  # readable already: at once
+    finally:
+        for read_fd, write_fd in pipes:
+            os.close(read_fd)
+            if write_fd != pipes[2][1]:
+                os.close(write_fd)
+
+
+async def test_a_cancelled_park_lets_its_fds_go() -> None:
+    parking = Parking()
+    read_fd, write_fd = os.pipe()
+    try:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(parking.wait_any_readable, [read_fd])
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+            await park_until_written(parking, [read_fd], write_fd)  # registered anew
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+async def test_a_park_that_cannot_register_parks_nothing() -> None:
+    """OSError (here a closed fd) before any wait; the fds it registered
+    first are let go."""
+    parking = Parking()
+    read_fd, write_fd = os.pipe()
+    closed_read, closed_write = os.pipe()
+    os.close(closed_read)
+    os.close(closed_write)
+    try:
+        with pytest.raises(OSError):
+            await parking.wait_any_readable([read_fd, closed_read])
+        with trio.fail_after(5):
+            await park_until_written(parking, [read_fd], write_fd)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

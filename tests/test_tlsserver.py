@@ -740,6 +740,109 @@ async def test_serve_reports_each_connection(pki: LoopbackPKI) -> None:
     assert failed.engine_status == 98 and failed.prog_status is None and failed.env == {}
 
 
+IDLE_PROG = """
+import os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: (os.write(1, b"term\\n"), sys.exit(5)))
+os.write(int(sys.argv[1]), b"ready\\n")  # to the test, not the client
+for line in sys.stdin.buffer:
+    os.write(1, b"got " + line)  # one write: one read for the tunnel
+"""
+
+
+async def test_an_idle_connection_waits_in_one_task(
+    pki: LoopbackPKI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve() in process: once prog runs, a connection with nothing to do
+    waits in its own task alone (no reaper, pump or nursery: memory per
+    idle connection), and wakes for each of its events — the client's
+    data, prog's output, prog's end — into the whole tunnel."""
+    import functools
+    import sys
+
+    import trio
+
+    from trio_s6tls._fdstreams import Parking
+    from trio_s6tls._server import ConnectionRecord, ServerConfig, bind, listener_from, serve
+    from trio_s6tls._tlsconfig import TLSOptions, server_context
+
+    parked = [trio.Event()]
+    park = Parking.wait_any_readable
+
+    async def noting_parks(self: Parking, fds: list[int]) -> None:
+        parked[-1].set()
+        await park(self, fds)
+
+    monkeypatch.setattr(Parking, "wait_any_readable", noting_parks)
+
+    def tasks_below(task: trio.lowlevel.Task) -> list[trio.lowlevel.Task]:
+        children = [child for nursery in task.child_nurseries for child in nursery.child_tasks]
+        return children + [below for child in children for below in tasks_below(child)]
+
+    def connection_tasks() -> list[trio.lowlevel.Task]:
+        return [
+            task
+            for task in tasks_below(trio.lowlevel.current_root_task())
+            if task.coro.__qualname__ == "Server.connection"
+        ]
+
+    ended, records = trio.open_memory_channel[ConnectionRecord](3)
+    options = TLSOptions(verbosity=0, close_notify=True)
+    ready_read, ready_write = os.pipe()
+    os.set_inheritable(ready_write, True)
+    config = ServerConfig(
+        argv=[sys.executable, "-c", IDLE_PROG, str(ready_write)],
+        context=server_context(tls_env(pki), options),
+        tls_options=options,
+        base_env=tls_env(pki),
+        remote_lookup=False,
+    )
+    config.log.verbosity = 0
+    sock = bind("127.0.0.1", 0, 16)
+    port = sock.getsockname()[1]
+
+    async def idle_client() -> tuple[trio.SSLStream[trio.SocketStream], trio.lowlevel.Task]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        tls = trio.SSLStream(stream, client_context(pki), server_hostname="localhost")
+        await tls.do_handshake()
+        await parked[-1].wait()  # prog runs, the connection parks
+        parked.append(trio.Event())
+        await trio.lowlevel.wait_readable(ready_read)  # prog is set up
+        assert os.read(ready_read, 100) == b"ready\n"
+        await trio.testing.wait_all_tasks_blocked()
+        (task,) = connection_tasks()
+        assert tasks_below(task) == []
+        return tls, task
+
+    with trio.fail_after(TIMEOUT), os.fdopen(ready_read, "rb"), os.fdopen(ready_write, "wb"):
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                functools.partial(serve, on_finished=ended.send_nowait),
+                [listener_from(sock)],
+                config,
+            )
+            tls, task = await idle_client()
+            await tls.send_all(b"hello\n")  # the client speaks
+            assert await tls.receive_some(100) == b"got hello\n"
+            assert len(tasks_below(task)) == 3  # prog's reaper, and a pump each way
+            await tls.aclose()
+            statuses = [(await records.receive()).prog_status]
+            tls, _ = await idle_client()
+            (process,) = server.processes
+            process.send_signal(signal.SIGTERM)  # prog speaks, then ends
+            assert await tls.receive_some(100) == b"term\n"
+            assert await tls.receive_some(100) == b""
+            await tls.aclose()
+            statuses.append((await records.receive()).prog_status)
+            tls, _ = await idle_client()
+            (process,) = server.processes
+            process.kill()  # prog ends, silent
+            assert await tls.receive_some(100) == b""
+            await tls.aclose()
+            statuses.append((await records.receive()).prog_status)
+            server.stop_accepting()
+    assert statuses == [0, 5, -signal.SIGKILL]
+
+
 # -- our own clients ---------------------------------------------------------------
 
 

@@ -50,7 +50,7 @@ from typing import Protocol
 import trio
 
 from ._errors import EXIT_SYSTEM, EXIT_TLS, Fatal, describe_os_error
-from ._fdstreams import FdPairStream, same_object, stream_socket
+from ._fdstreams import FdPairStream, Parking, same_object, stream_socket
 from ._handshake_info import Variables, describe_variables, handshake_variables
 from ._log import Log
 from ._memory_tls import MemoryTLS
@@ -257,6 +257,28 @@ async def tunnel(
         nursery.start_soon(guarded, nursery, pumps.down)
     if failure:
         raise failure[0]
+
+
+async def local_when_active(
+    parking: Parking, tls: TLSTransport, read_fd: int, write_fd: int, pidfd: int | None
+) -> FdPairStream:
+    """The local stream over ``read_fd`` and ``write_fd``, once there is
+    something to do: the network or ``read_fd`` readable, or the process
+    behind ``pidfd`` ended. Until then an idle connection waits in its own
+    task alone (:class:`~._fdstreams.Parking`), without the tunnel's tasks,
+    streams and buffer. Both fds are closed if this is cancelled."""
+    connection = tls.connection
+    # Decrypted bytes already waiting in OpenSSL make the socket look idle.
+    if pidfd is not None and isinstance(connection, ssl.SSLSocket) and not connection.pending():
+        try:
+            await parking.wait_any_readable([connection.fileno(), read_fd, pidfd])
+        except OSError:
+            pass  # no room to park (fds, epoll watches): the tunnel waits as usual
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+    return FdPairStream(read_fd, write_fd)
 
 
 async def run_engine(

@@ -61,11 +61,11 @@ from dataclasses import dataclass, field
 import trio
 
 from ._access import Access, Refused
-from ._engine import establish, tls_over, tunnel
+from ._engine import establish, local_when_active, tls_over, tunnel
 from ._env import apply_variables, is_tls_variable
 from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, describe_os_error
 from ._fds import prog_pipes
-from ._fdstreams import FdPairStream
+from ._fdstreams import Parking
 from ._handshake_info import describe_variables
 from ._listen import bind as bind
 from ._listen import linger, send_all
@@ -179,6 +179,7 @@ class Server:
             strict_resolution=config.strict_resolution,
         )
         self.spawn_threads = trio.CapacityLimiter(SPAWN_THREADS)
+        self.parking = Parking()  # idle connections wait there (see local_when_active)
         # One cancel scope per connection whose prog has not started yet.
         self.waiting: set[trio.CancelScope] = set()
         self.stopping = False
@@ -506,7 +507,10 @@ class Server:
             record.env = env
             self._accepted(process, slot)
             try:
-                local = FdPairStream(from_prog_read, to_prog_write)
+                pidfd = getattr(process, "pidfd", None)
+                local = await local_when_active(
+                    self.parking, tls, from_prog_read, to_prog_write, pidfd
+                )
                 async with trio.open_nursery() as reaper:
                     # prog's end frees the slot even while the tunnel flushes
                     reaper.start_soon(self._reap, process, slot, record)

@@ -63,6 +63,11 @@ class SpawnedChild:
             os.waitpid(pid, 0)
             raise
 
+    @property
+    def pidfd(self) -> int | None:
+        """The pidfd, readable once the process has ended (None once reaped)."""
+        return self._pidfd if self.returncode is None else None
+
     def send_signal(self, signum: int) -> None:
         if self.returncode is None:
             signal.pidfd_send_signal(self._pidfd, signum)
