@@ -403,6 +403,37 @@ def test_sigint_on_the_tcp_server(pki: LoopbackPKI) -> None:
         assert srv.stderr == ""
 
 
+@pytest.mark.parametrize("name", ["s6-tcpserver", "s6-tlsserver"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_ignored_at_start_and_sent_at_readiness_is_not_lost(
+    pki: LoopbackPKI, name: str, signum: signal.Signals
+) -> None:
+    """A server started in the background (nohup, a CI runner, ``cmd &`` in a
+    script) inherits SIGINT ignored. It handles SIGINT anyway, so one sent
+    right after the readiness line, before its handlers are in place, must
+    still stop it: the kernel discards an ignored signal even while blocked."""
+
+    def ignore() -> None:
+        signal.signal(signum, signal.SIG_IGN)
+
+    process = subprocess.Popen(
+        [program(name), "-1", "-H", "127.0.0.1", "0", "cat"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=tls_env(pki),
+        preexec_fn=ignore,
+    )
+    with process:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip().isdigit()  # ready
+        process.send_signal(signum)
+        try:
+            assert process.wait(BOUND) == 0
+        finally:
+            process.kill()
+
+
 # -- 4. the identity the server runs as -------------------------------------------------
 
 

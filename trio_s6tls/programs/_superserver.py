@@ -120,6 +120,11 @@ def launch(plan: Launch) -> int:
     sockets = [first] + [
         bind(listen.ip, port, backlog, reuse_port=True) for _ in range(listen.workers - 1)
     ]
+    for signum in HANDLED_SIGNALS:
+        # Inherited SIG_IGN (nohup, a background job): the kernel would drop
+        # these while blocked, and we handle them once trio runs.
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)  # until the handlers are in place
     assume(identity)  # bound and keys loaded: no TLS code runs as root from here on
     if listen.readiness:
