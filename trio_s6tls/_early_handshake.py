@@ -26,7 +26,6 @@ import select
 import signal
 import socket
 import ssl
-import stat
 import threading
 import time
 from collections.abc import Sequence
@@ -59,24 +58,6 @@ def handshake_now(fd: int, context: ssl.SSLContext, options: TLSOptions) -> ssl.
     return _handshake(socket.socket(fileno=fd), context, options, server_side=False)
 
 
-def _stream_socket(fd: int) -> socket.socket | None:
-    try:
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            return None
-    except OSError:
-        return None
-    sock = socket.socket(fileno=fd)
-    if sock.type == socket.SOCK_STREAM:
-        return sock
-    sock.detach()
-    return None
-
-
-def _same_file(fd1: int, fd2: int) -> bool:
-    first, second = os.fstat(fd1), os.fstat(fd2)
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
-
-
 def early_handshake(
     network: tuple[int, int], options: TLSOptions, *, server_side: bool
 ) -> ssl.SSLSocket | None:
@@ -84,14 +65,14 @@ def early_handshake(
     one stream socket and the engine would not change identity; else None
     (the engine child does it, as before). Checks and fails as the engine
     would: the fds, then the configuration, then the handshake."""
-    from ._fds import check_open
+    from ._fds import check_open, same_object, stream_socket
     from ._tlsconfig import context_from_environment
 
     check_open(network)
     read_fd, write_fd = network
-    if read_fd != write_fd and not _same_file(read_fd, write_fd):
+    if read_fd != write_fd and not same_object(read_fd, write_fd):
         return None
-    sock = _stream_socket(read_fd)
+    sock = stream_socket(read_fd)
     if sock is None:
         return None
     try:

@@ -50,7 +50,8 @@ from typing import Protocol
 import trio
 
 from ._errors import EXIT_SYSTEM, EXIT_TLS, Fatal, describe_os_error
-from ._fdstreams import FdPairStream, Parking, same_object, stream_socket
+from ._fds import same_object, stream_socket
+from ._fdstreams import FdPairStream, Parking
 from ._handshake_info import Variables, describe_variables, handshake_variables
 from ._log import Log
 from ._memory_tls import MemoryTLS

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import stat
 import sys
 from collections.abc import Iterable, Mapping
 
@@ -152,3 +153,29 @@ def prog_pipes() -> tuple[int, int, int, int]:
         os.close(to_prog[1])
         raise Fatal(EXIT_SYSTEM, f"unable to create pipes: {describe_os_error(error)}") from None
     return to_prog[0], to_prog[1], from_prog[0], from_prog[1]
+
+
+def _identity(fd: int) -> tuple[tuple[int, int], bool]:
+    info = os.fstat(fd)
+    return (info.st_dev, info.st_ino), stat.S_ISSOCK(info.st_mode)
+
+
+def is_socket(fd: int) -> bool:
+    return _identity(fd)[1]
+
+
+def same_object(fd1: int, fd2: int) -> bool:
+    """Both fds name one file, pipe or socket (for sockets: one description)."""
+    return _identity(fd1)[0] == _identity(fd2)[0]
+
+
+def stream_socket(fd: int) -> socket.socket | None:
+    """A ``socket.socket`` owning ``fd`` if it is a stream socket, else None
+    (and ``fd`` untouched)."""
+    if not is_socket(fd):
+        return None
+    sock = socket.socket(fileno=fd)
+    if sock.type == socket.SOCK_STREAM:
+        return sock
+    sock.detach()
+    return None

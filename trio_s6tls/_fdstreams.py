@@ -22,11 +22,12 @@ from __future__ import annotations
 import fcntl
 import os
 import select
-import socket
 import stat
 from collections.abc import Sequence
 
 import trio
+
+from ._fds import same_object, stream_socket
 
 
 def enlarge_pipe(fd: int, size: int) -> None:
@@ -47,33 +48,7 @@ def enlarge_pipe(fd: int, size: int) -> None:
         pass  # over the system limit, or not Linux
 
 
-def _identity(fd: int) -> tuple[tuple[int, int], bool]:
-    info = os.fstat(fd)
-    return (info.st_dev, info.st_ino), stat.S_ISSOCK(info.st_mode)
-
-
-def is_socket(fd: int) -> bool:
-    return _identity(fd)[1]
-
-
-def same_object(fd1: int, fd2: int) -> bool:
-    """Both fds name one file, pipe or socket (for sockets: one description)."""
-    return _identity(fd1)[0] == _identity(fd2)[0]
-
-
 Half = trio.SocketStream | trio.lowlevel.FdStream
-
-
-def stream_socket(fd: int) -> socket.socket | None:
-    """A ``socket.socket`` owning ``fd`` if it is a stream socket, else None
-    (and ``fd`` untouched)."""
-    if not is_socket(fd):
-        return None
-    sock = socket.socket(fileno=fd)
-    if sock.type == socket.SOCK_STREAM:
-        return sock
-    sock.detach()
-    return None
 
 
 def fd_stream(fd: int, pipe_size: int | None = None) -> Half:
