@@ -283,7 +283,10 @@ elif mode == "echo":
 
 
 #: prog for the identity cases, runnable by any user (the venv's interpreter
-#: may not be): one JSON line with uid, gid and groups on stdout.
+#: may not be): one JSON line with uid, gid and groups on stdout, then it
+#: reads to EOF, so that the peer ends first: C's engine has a race when the
+#: application ends first (a stray "unable to read from remote: Bad file
+#: descriptor" on stderr, seen in one CI run).
 IDS_PROG = [
     "/bin/sh",
     "-c",
@@ -292,6 +295,7 @@ IDS_PROG = [
     while [ "$1" != Groups: ]; do shift; done; shift
     printf '{"ids": {"Uid": ["%s"], "Gid": ["%s"], "Groups": [%s]}, "env": {}, "pid": 0}\\n' \\
       "$uid" "$gid" "$(for g in "$@"; do printf '"%s",' "$g"; done | sed 's/,$//')"
+    exec cat >/dev/null
     """,
 ]
 

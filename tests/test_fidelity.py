@@ -1566,6 +1566,7 @@ def wrapper_case(
                         report = observe_report(obs, world, peer.recv_line(until), ports={})
                         if identity:
                             obs["prog ids"] = _ids(report)
+                            peer.close_notify(until)  # the peer ends first (IDS_PROG)
                         if tls_vars:
                             obs["tls vars"] = tls_vars_of(report)
                         if report and ucspi:
