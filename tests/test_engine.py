@@ -15,6 +15,7 @@ import contextlib
 import io
 import socket
 import ssl
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,15 @@ import trio
 import trio.testing
 from support import tls_env
 
-from trio_s6tls import TLSOptions, _openssl, client_context, run_engine, server_context, tls_over
+from trio_s6tls import (
+    TLSOptions,
+    _openssl,
+    _records,
+    client_context,
+    run_engine,
+    server_context,
+    tls_over,
+)
 from trio_s6tls._engine import LINGER_SECONDS
 from trio_s6tls._log import Log
 from trio_s6tls._memory_tls import MemoryTLS
@@ -68,10 +77,14 @@ class Side:
     ended: trio.Event = field(default_factory=trio.Event)  # its engine returned
 
 
-@pytest.fixture(params=["memory", "socket"])
-def transport(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(params=["memory", "socket", "socket-watched"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The engine's two TLS transports: memory BIOs over a Trio stream, and
-    an SSLSocket on a real (Unix) socket."""
+    an SSLSocket on a real (Unix) socket. ``socket-watched`` is the second
+    where ctypes may not ask OpenSSL how the stream ended: it is then told
+    by the message callback, as the memory transport always is."""
+    if request.param == "socket-watched":
+        monkeypatch.setattr(_records, "record_probe", lambda connection, **_: None)
     return str(request.param)
 
 
@@ -90,7 +103,7 @@ def clock(transport: str, request: pytest.FixtureRequest) -> trio.testing.MockCl
 
 
 def network_pair(transport: str) -> tuple[object, object]:
-    if transport == "socket":
+    if transport.startswith("socket"):
         return socket.socketpair()
     return trio.testing.memory_stream_pair()
 
@@ -232,6 +245,43 @@ async def test_eof_inside_a_record_is_always_fatal(pki: LoopbackPKI) -> None:
     )
     assert server.status == [98]
     assert "in the middle of a TLS record" in server.messages.getvalue()
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param(struct.pack("!BHH", 23, 0x0303, 1000)[:3], id="header"),
+        pytest.param(struct.pack("!BHH", 23, 0x0303, 1000), id="after-header"),
+        pytest.param(struct.pack("!BHH", 23, 0x0303, 1000) + b"\0" * 10, id="body"),
+    ],
+)
+async def test_eof_anywhere_inside_a_record_is_fatal_on_memory_transport(
+    pki: LoopbackPKI, cut: bytes
+) -> None:
+    """The memory transport (a network on pipes) tells a truncation from a
+    ragged EOF also when the stream ends inside a record's 5-byte header."""
+    env = tls_env(pki)
+    client_net, server_net = trio.testing.memory_stream_pair()
+    _server_app, server_local = trio.testing.memory_stream_pair()
+    client = tls_over(client_net, client_context(env, TLSOptions()), server_side=False)  # type: ignore[arg-type]
+    server = tls_over(server_net, server_context(env, TLSOptions()), server_side=True)  # type: ignore[arg-type]
+    messages = io.StringIO()
+    status: list[int] = []
+
+    async def serve() -> None:
+        log = Log("t", 0, stream=messages)
+        status.append(
+            await run_engine(server, server_local, TLSOptions(), server_side=True, log=log)
+        )
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            await client.handshake()
+            await client_net.send_all(cut)  # raw bytes, past the client's TLS
+            await client_net.send_eof()
+    assert status == [98]
+    assert "in the middle of a TLS record" in messages.getvalue()
 
 
 async def test_handshake_timeout(
@@ -443,3 +493,6 @@ def test_one_call_shutdown_is_available_here(pki: LoopbackPKI) -> None:
         connection = context.wrap_socket(first, do_handshake_on_connect=False)
         with connection:
             assert _openssl._ssl_pointer(connection) is not None
+            # and so the socket transport asks OpenSSL how a stream ended,
+            # with no Python call per record
+            assert isinstance(_records.attach(connection), _records.SocketRecordState)

@@ -227,13 +227,23 @@ def test_ragged_eof_from_peer(
     sock.close()
 
 
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param(struct.pack("!BHH", 23, 0x0303, 1000) + b"\0" * 10, id="body"),
+        pytest.param(struct.pack("!BHH", 23, 0x0303, 1000), id="after-header"),
+        pytest.param(struct.pack("!BHH", 23, 0x0303, 1000)[:3], id="header"),
+    ],
+)
 def test_eof_in_the_middle_of_a_record_is_fatal_even_with_j(
-    pki: LoopbackPKI, listener: socket.socket, resources: contextlib.ExitStack
+    pki: LoopbackPKI, listener: socket.socket, resources: contextlib.ExitStack, cut: bytes
 ) -> None:
+    """A FIN anywhere inside a record, its 5-byte header included, is a
+    truncation: 98 whatever -j says."""
     sock, server = connect_and_serve(pki, listener, ["-j"])
     resources.enter_context(sock)  # closed even if the test fails
     raw = socket.socket(fileno=os.dup(sock.fileno()))
-    raw.sendall(struct.pack("!BHH", 23, 0x0303, 1000) + b"\0" * 10)  # header + 10 of 1000 bytes
+    raw.sendall(cut)  # the start of a record of 1000 bytes
     raw.shutdown(socket.SHUT_WR)
     code, err = server.finish()
     assert code == 98

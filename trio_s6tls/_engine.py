@@ -55,7 +55,7 @@ from ._fdstreams import FdPairStream, Parking
 from ._handshake_info import Variables, describe_variables, handshake_variables
 from ._log import Log
 from ._memory_tls import MemoryTLS
-from ._records import RecordState
+from ._records import Records
 from ._socket_tls import SocketTLS
 from ._tls_errors import write_failure
 from ._tlsconfig import TLSOptions
@@ -67,7 +67,7 @@ FIRST_BUFFER = 1024  # an idle connection's (a line, a request); doubles while r
 class TLSTransport(Protocol):
     """What the engine needs from a TLS connection (both transports have it)."""
 
-    records: RecordState
+    records: Records
     close_notify_sent: bool
 
     @property

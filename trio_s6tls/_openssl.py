@@ -1,4 +1,8 @@
-"""Send our close_notify with exactly one call of OpenSSL's ``SSL_shutdown``.
+"""What the standard library does not expose of OpenSSL, through ctypes:
+our close_notify with exactly one call of ``SSL_shutdown`` (below),
+``SSL_MODE_RELEASE_BUFFERS``, and the record layer's state at the end of
+the peer's stream (:class:`RecordProbe`). Each returns "not allowed" when
+the layout check below fails, and the caller does without.
 
 The standard library offers only ``unwrap()``, which calls ``SSL_shutdown``
 a second time once the first has sent the alert. That second call reads the
@@ -47,6 +51,18 @@ def _load() -> ctypes.CDLL | None:
         library.ERR_clear_error.restype = None
         library.SSL_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
         library.SSL_ctrl.restype = ctypes.c_long
+        library.SSL_set_msg_callback.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        library.SSL_set_msg_callback.restype = None
+        library.SSL_get_shutdown.argtypes = [ctypes.c_void_p]
+        library.SSL_get_shutdown.restype = ctypes.c_int
+        library.SSL_get_rbio.argtypes = [ctypes.c_void_p]
+        library.SSL_get_rbio.restype = ctypes.c_void_p
+        library.BIO_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        library.BIO_ctrl.restype = ctypes.c_long
+        library.SSL_rstate_string.argtypes = [ctypes.c_void_p]
+        library.SSL_rstate_string.restype = ctypes.c_char_p
+        library.SSL_has_pending.argtypes = [ctypes.c_void_p]
+        library.SSL_has_pending.restype = ctypes.c_int
     except (OSError, AttributeError):
         return None
     if _ssl._SSLSocket.__basicsize__ < _OWNER_OFFSET + _POINTER:  # type: ignore[attr-defined]
@@ -104,3 +120,54 @@ def release_idle_buffers(connection: ssl.SSLSocket | ssl.SSLObject) -> bool:
         return False
     _LIBRARY.SSL_ctrl(pointer, _SSL_CTRL_MODE, _SSL_MODE_RELEASE_BUFFERS, None)
     return True
+
+
+_SSL_RECEIVED_SHUTDOWN = 2
+_BIO_CTRL_EOF = 2
+
+
+class RecordProbe:
+    """What OpenSSL's record layer knows of the peer's stream, for telling
+    how it ended once a read returned 0 (see _records.py)."""
+
+    __slots__ = ("_inner", "_pointer")
+
+    def __init__(self, inner: object, pointer: int) -> None:
+        self._inner = inner  # keeps the SSL * alive as long as we may ask
+        self._pointer = pointer
+
+    def shutdown_received(self) -> bool:
+        """A close_notify was read — or, with ``OP_IGNORE_UNEXPECTED_EOF``,
+        a bare EOF: OpenSSL marks both the same way."""
+        assert _LIBRARY is not None
+        return bool(_LIBRARY.SSL_get_shutdown(self._pointer) & _SSL_RECEIVED_SHUTDOWN)
+
+    def eof_read(self) -> bool:
+        """The socket BIO met EOF. OpenSSL reads one record at a time, so
+        after a close_notify it has not read the FIN behind it."""
+        assert _LIBRARY is not None
+        bio = _LIBRARY.SSL_get_rbio(self._pointer)
+        return bio is not None and _LIBRARY.BIO_ctrl(bio, _BIO_CTRL_EOF, 0, None) != 0
+
+    def inside_record(self) -> bool:
+        """A record is begun: its header read (record state ``RB``) or some
+        of its header buffered."""
+        assert _LIBRARY is not None
+        state: bytes | None = _LIBRARY.SSL_rstate_string(self._pointer)
+        return state == b"RB" or _LIBRARY.SSL_has_pending(self._pointer) == 1
+
+
+def record_probe(
+    connection: ssl.SSLSocket | ssl.SSLObject, *, silence_callback: bool = False
+) -> RecordProbe | None:
+    """A :class:`RecordProbe` for ``connection``, or None if this
+    interpreter does not allow it. ``silence_callback`` turns the
+    connection's message callback off (a Python call per record header
+    read or written: some 10 % of a bulk transfer's CPU) for a caller that
+    asks the probe instead."""
+    pointer = _ssl_pointer(connection) if _LIBRARY is not None else None
+    if pointer is None or _LIBRARY is None:
+        return None
+    if silence_callback:
+        _LIBRARY.SSL_set_msg_callback(pointer, None)
+    return RecordProbe(connection._sslobj, pointer)  # type: ignore[union-attr]
