@@ -144,12 +144,16 @@ class _Tunnel:
         # connection keeps 1 KiB, a busy one doubles it up to CHUNK.
         buffer = bytearray(FIRST_BUFFER)
         view = memoryview(buffer)
+        direct = self.local if isinstance(self.local, FdPairStream) else None
         with self.down_scope:
             while count := await tls.receive_into(buffer):
                 if self._ignoring_input():
                     continue
                 try:
-                    await self.local.send_all(view[:count])
+                    # the loop waits in receive_into: the write needs no checkpoint
+                    sent = direct.send_nowait(view[:count]) if direct is not None else 0
+                    if sent < count:
+                        await self.local.send_all(view[sent:count])
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.discarding = True
                     self._linger_if_over()
