@@ -153,3 +153,43 @@ async def test_a_park_that_cannot_register_parks_nothing() -> None:
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+async def test_send_nowait_writes_what_the_pipe_takes_and_never_passes_send_all() -> None:
+    a, b = await pipe_shape()
+    pipe_bytes = fcntl.fcntl(a._sender.fileno(), fcntl.F_GETPIPE_SZ)  # type: ignore[union-attr]
+    async with a, b:
+        assert a.send_nowait(b"first") == 5
+        assert await b.receive_some(100) == b"first"
+        # a full pipe takes part, then nothing
+        assert a.send_nowait(b"x" * (pipe_bytes + 10)) == pipe_bytes
+        assert a.send_nowait(b"y") == 0
+        got = bytearray()
+        async with trio.open_nursery() as nursery:
+            # send_all waits for room: send_nowait must not slip in before it
+            nursery.start_soon(a.send_all, b"z" * 10)
+            await trio.testing.wait_all_tasks_blocked()
+            got += os.read(b._receiver.fileno(), 65536)  # type: ignore[union-attr]  # room now
+            assert a.send_nowait(b"!") == 0  # before send_all's task had its turn
+            with trio.fail_after(5):
+                while len(got) < pipe_bytes + 10:
+                    got += await b.receive_some(65536)
+        assert got == b"x" * pipe_bytes + b"z" * 10
+        await a.send_eof()
+        with pytest.raises(trio.ClosedResourceError):
+            a.send_nowait(b"late")
+
+
+async def test_send_nowait_to_a_closed_reader_is_a_broken_stream() -> None:
+    read_fd, write_fd = os.pipe()
+    stream = FdPairStream(os.open(os.devnull, os.O_RDONLY), write_fd)
+    os.close(read_fd)
+    async with stream:
+        with pytest.raises(trio.BrokenResourceError):
+            stream.send_nowait(b"nobody reads")
+
+
+async def test_send_nowait_leaves_sockets_to_send_all() -> None:
+    left, right = await socket_pair_shape()
+    async with left, right:
+        assert left.send_nowait(b"to a socket") == 0
