@@ -13,7 +13,14 @@ TLS_AES_256_GCM_SHA384 everywhere (our and OpenSSL's default first choice).
 Prints MB/s per tool and direction, our ratio to each peer, and the ceiling:
 ``openssl speed -evp aes-256-gcm`` at 16 KiB blocks.
 
-    python bench/throughput.py [--size 1G] [--install]
+    python bench/throughput.py [--size 1G] [--rounds 3] [--install]
+
+Each round runs every tool once per direction, interleaved, so that a drift
+in the machine's speed (a shared VM's varies by 30 % within minutes) hits
+them all; the figures are medians over the rounds, the ratios the median of
+each round's ratio. CPU seconds (all the processes of a run, user + system)
+are printed beside: they say what the tunnel costs, whatever the machine's
+hour.
 
 ``--install`` runs ``apt-get install -y stunnel4 socat`` when they are missing.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -31,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 
 import trustme
 from _procwait import wait_exit
@@ -264,6 +273,12 @@ def run_socat(pki: Pki, size: int, up: bool) -> float:
     return finish([server, pipeline], started)
 
 
+def children_cpu() -> float:
+    """User + system seconds of every child waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def openssl_ceiling() -> float:
     """MB/s of ``openssl speed -evp aes-256-gcm`` at 16 KiB (one core)."""
     out = subprocess.run(
@@ -292,7 +307,12 @@ def main() -> int:
     )
     parser.add_argument("--size", default="1G", help="bytes per run (suffix K, M, G)")
     parser.add_argument("--install", action="store_true", help="apt-get install missing peers")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of every tool, interleaved (default 3)"
+    )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     size = parse_size(args.size)
     missing = ensure_peers(args.install)
     with tempfile.TemporaryDirectory() as tmp:
@@ -307,18 +327,35 @@ def main() -> int:
         for tool in missing:
             print(f"{tool}: not installed, skipped (use --install)")
             tools = {name: run for name, run in tools.items() if not name.startswith(tool)}
-        rates: dict[tuple[str, str], float] = {}
-        for direction, up in (("up", True), ("down", False)):
-            for name, run in tools.items():
-                rates[name, direction] = size / run(up) / 1e6
-        print(f"{size / (1 << 20):.0f} MiB one way, TLS 1.3 {CIPHER}, start-up included")
-        print(f"{'tool':16} {'up MB/s':>9} {'down MB/s':>10}")
+        rates: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
+        for _ in range(args.rounds):  # interleaved: a drift of the machine hits every tool
+            for direction, up in (("up", True), ("down", False)):
+                for name, run in tools.items():
+                    before = children_cpu()
+                    rates.setdefault((name, direction), []).append(size / run(up) / 1e6)
+                    cpu.setdefault((name, direction), []).append(children_cpu() - before)
+        print(
+            f"{size / (1 << 20):.0f} MiB one way, TLS 1.3 {CIPHER}, start-up included,"
+            f" {args.rounds} round(s): medians; CPU is every process's user + sys"
+        )
+        print(f"{'tool':16} {'up MB/s':>9} {'CPU s':>6} {'down MB/s':>10} {'CPU s':>6}")
         for name in tools:
-            print(f"{name:16} {rates[name, 'up']:9.0f} {rates[name, 'down']:10.0f}")
+            up_rate, down_rate = (median(rates[name, d]) for d in ("up", "down"))
+            up_cpu, down_cpu = (median(cpu[name, d]) for d in ("up", "down"))
+            print(f"{name:16} {up_rate:9.0f} {up_cpu:6.2f} {down_rate:10.0f} {down_cpu:6.2f}")
         for peer in tools:
             if peer != "trio_s6tls":
-                ratios = [rates["trio_s6tls", d] / rates[peer, d] for d in ("up", "down")]
-                print(f"ratio trio_s6tls/{peer}: up {ratios[0]:.2f}x, down {ratios[1]:.2f}x")
+                ratios = [
+                    median(
+                        o / p for o, p in zip(rates["trio_s6tls", d], rates[peer, d], strict=True)
+                    )
+                    for d in ("up", "down")
+                ]
+                print(
+                    f"ratio trio_s6tls/{peer} (median of the rounds' ratios):"
+                    f" up {ratios[0]:.2f}x, down {ratios[1]:.2f}x"
+                )
         print(
             f"ceiling: openssl speed -evp aes-256-gcm, 16 KiB blocks: {openssl_ceiling():.0f} MB/s"
         )
