@@ -284,6 +284,65 @@ async def test_eof_anywhere_inside_a_record_is_fatal_on_memory_transport(
     assert "in the middle of a TLS record" in messages.getvalue()
 
 
+class SizeRecorder(trio.abc.HalfCloseableStream):
+    """A local stream that notes the size of every write the engine makes."""
+
+    def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sizes.append(len(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_bulk_receiver_delivers_many_records_per_write(pki: LoopbackPKI) -> None:
+    """Records queued in the kernel reach the application in large writes
+    (up to 256 KiB), not one 16 KiB record per wake-up: the receive buffer
+    grows while reads fill it."""
+    env = tls_env(pki)
+    client_net, server_net = socket.socketpair()
+    server_app, server_local = trio.testing.memory_stream_pair()
+    local = SizeRecorder(server_local)
+    client = tls_over(client_net, client_context(env, TLSOptions()), server_side=False)
+    server = tls_over(server_net, server_context(env, TLSOptions()), server_side=True)
+    payload = b"b" * (4 << 20)
+    received = bytearray()
+
+    async def serve() -> None:
+        await run_engine(server, local, TLSOptions(), server_side=True, log=Log("t", 0))
+
+    async def application() -> None:
+        while data := await server_app.receive_some(1 << 20):
+            received.extend(data)
+        await server_app.aclose()
+
+    try:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve)
+                nursery.start_soon(application)
+                await client.handshake()
+                await client.send_all(payload)
+                await client.send_eof()
+    finally:
+        await client.aclose()
+    assert received == payload
+    assert max(local.sizes) > 4 * 16384, sorted(local.sizes)[-5:]
+
+
 async def test_handshake_timeout(
     pki: LoopbackPKI, transport: str, clock: trio.testing.MockClock | None
 ) -> None:

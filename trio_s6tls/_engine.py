@@ -55,7 +55,7 @@ from ._fdstreams import FdPairStream, Parking
 from ._handshake_info import Variables, describe_variables, handshake_variables
 from ._log import Log
 from ._memory_tls import MemoryTLS
-from ._records import Records
+from ._records import RECORD_SIZE, Records
 from ._socket_tls import SocketTLS
 from ._tls_errors import write_failure
 from ._tlsconfig import TLSOptions
@@ -157,7 +157,9 @@ class _Tunnel:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.discarding = True
                     self._linger_if_over()
-                if count > len(buffer) // 2 and len(buffer) < CHUNK:  # more is coming
+                # More is coming when a read left no room for another record
+                # (a 16 KiB record fills half of 32 KiB: "over half" stopped there).
+                if len(buffer) - count < RECORD_SIZE and len(buffer) < CHUNK:
                     buffer = bytearray(min(2 * len(buffer), CHUNK))
                     view = memoryview(buffer)
         if self.down_scope.cancelled_caught:
