@@ -29,10 +29,10 @@ from ._openssl import release_idle_buffers
 from ._records import RECORD_SIZE, attach
 from ._tls_errors import handshake_failure, read_failure, reset_failure
 
-_TCP_CLOSE = 7
+_TCP_CLOSE = 7  # Linux tcp_info.tcpi_state after a reset
 _WANT_READ = ssl.SSLWantReadError()  # what a read on an empty socket raises
-_INT = struct.Struct("i")
-_INT_ZERO = bytes(_INT.size)  # Linux tcp_info.tcpi_state after a reset
+_INT = struct.Struct("i")  # FIONREAD's answer
+_INT_ZERO = bytes(_INT.size)
 
 
 class SocketTLS:
