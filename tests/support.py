@@ -27,6 +27,7 @@ import select
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import trustme
 
 from trio_s6tls import install_fds
@@ -907,7 +909,6 @@ def rules_options(rules: Path, form: str) -> list[str]:
     build, a failure under CI=true)."""
     if form == "directory":
         return ["-i", str(rules)]
-    import pytest
     from c_tools import MISSING_REASON, require_c_tools
 
     compiler = require_c_tools()("s6-accessrules-cdb-from-fs")
@@ -918,3 +919,13 @@ def rules_options(rules: Path, form: str) -> list[str]:
     cdb = rules.with_suffix(".cdb")
     subprocess.run([compiler, str(cdb), str(rules)], check=True, capture_output=True, timeout=30)
     return ["-x", str(cdb)]
+
+
+_RECORD_HEADER = struct.pack("!BHH", 23, 0x0303, 1000)  # application data, 1000 bytes
+#: Where a stream may end inside a TLS record, for parametrize("cut", ...):
+#: its 5-byte header cut short, the header alone, part of the body.
+RECORD_CUTS = [
+    pytest.param(_RECORD_HEADER[:3], id="header"),
+    pytest.param(_RECORD_HEADER, id="after-header"),
+    pytest.param(_RECORD_HEADER + b"\0" * 10, id="body"),
+]

@@ -15,14 +15,13 @@ import contextlib
 import io
 import socket
 import ssl
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from support import tls_env
+from support import RECORD_CUTS, tls_env
 
 from trio_s6tls import (
     TLSOptions,
@@ -247,14 +246,7 @@ async def test_eof_inside_a_record_is_always_fatal(pki: LoopbackPKI) -> None:
     assert "in the middle of a TLS record" in server.messages.getvalue()
 
 
-@pytest.mark.parametrize(
-    "cut",
-    [
-        pytest.param(struct.pack("!BHH", 23, 0x0303, 1000)[:3], id="header"),
-        pytest.param(struct.pack("!BHH", 23, 0x0303, 1000), id="after-header"),
-        pytest.param(struct.pack("!BHH", 23, 0x0303, 1000) + b"\0" * 10, id="body"),
-    ],
-)
+@pytest.mark.parametrize("cut", RECORD_CUTS)
 async def test_eof_anywhere_inside_a_record_is_fatal_on_memory_transport(
     pki: LoopbackPKI, cut: bytes
 ) -> None:

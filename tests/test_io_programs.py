@@ -13,12 +13,12 @@ import hashlib
 import os
 import socket
 import ssl
-import struct
 import subprocess
 import time
 
 import pytest
 from support import (
+    RECORD_CUTS,
     TIMEOUT,
     ClientCert,
     MiB,
@@ -227,14 +227,7 @@ def test_ragged_eof_from_peer(
     sock.close()
 
 
-@pytest.mark.parametrize(
-    "cut",
-    [
-        pytest.param(struct.pack("!BHH", 23, 0x0303, 1000) + b"\0" * 10, id="body"),
-        pytest.param(struct.pack("!BHH", 23, 0x0303, 1000), id="after-header"),
-        pytest.param(struct.pack("!BHH", 23, 0x0303, 1000)[:3], id="header"),
-    ],
-)
+@pytest.mark.parametrize("cut", RECORD_CUTS)
 def test_eof_in_the_middle_of_a_record_is_fatal_even_with_j(
     pki: LoopbackPKI, listener: socket.socket, resources: contextlib.ExitStack, cut: bytes
 ) -> None:
