@@ -76,14 +76,14 @@ class Side:
     ended: trio.Event = field(default_factory=trio.Event)  # its engine returned
 
 
-@pytest.fixture(params=["memory", "socket", "socket-watched"])
+@pytest.fixture(params=["memory", "socket", "socket-fallback"])
 def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The engine's two TLS transports: memory BIOs over a Trio stream, and
-    an SSLSocket on a real (Unix) socket. ``socket-watched`` is the second
-    where ctypes may not ask OpenSSL how the stream ended: it is then told
-    by the message callback, as the memory transport always is."""
-    if request.param == "socket-watched":
-        monkeypatch.setattr(_records, "record_probe", lambda connection, **_: None)
+    an SSLSocket on a real (Unix) socket. ``socket-fallback`` is a real
+    socket on an interpreter where ctypes cannot reach OpenSSL's ``SSL *``
+    (the layout check of _openssl fails): memory BIOs over the socket."""
+    if request.param == "socket-fallback":
+        monkeypatch.setattr(_openssl, "_ssl_pointer", lambda connection: None)
     return str(request.param)
 
 
@@ -489,42 +489,31 @@ async def test_network_write_failure_ends_the_engine_at_once(
     assert messages.getvalue().startswith("t: fatal: unable to write to network: ")
 
 
-@pytest.mark.parametrize(
-    "transport",
-    [
-        "memory",
-        pytest.param(
-            "socket",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="SocketTLS's fallback (_sslobj.shutdown()) reads and drops the TLS 1.3"
-                " data that arrived before our close_notify: a bug, reported",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("network", ["memory", "socket"])
 async def test_close_notify_without_ctypes_keeps_tls13_data(
-    pki: LoopbackPKI, monkeypatch: pytest.MonkeyPatch, transport: str
+    pki: LoopbackPKI, monkeypatch: pytest.MonkeyPatch, network: str
 ) -> None:
-    """Where the one-call SSL_shutdown is not available, a transport sends
-    close_notify without losing the peer's data that has already arrived:
-    the memory-BIO one through unwrap(), hiding what sits in its incoming
-    BIO."""
-    monkeypatch.setattr(_openssl, "send_close_notify_once", lambda connection: False)
+    """Where ctypes cannot reach OpenSSL's ``SSL *`` (the one-call
+    SSL_shutdown), close_notify is sent without losing the peer's data that
+    has already arrived, in OpenSSL's incoming BIO or in the kernel's socket
+    buffer. A socket then takes the memory-BIO transport: SSLSocket's own
+    shutdown would read that data and drop it."""
+    monkeypatch.setattr(_openssl, "_ssl_pointer", lambda connection: None)
     env = tls_env(pki)
-    client_net, server_net = network_pair(transport)
+    client_net, server_net = network_pair(network)
     client = tls_over(client_net, client_context(env, TLSOptions()), server_side=False)  # type: ignore[arg-type]
     server = tls_over(server_net, server_context(env, TLSOptions()), server_side=True)  # type: ignore[arg-type]
+    assert isinstance(client, MemoryTLS)
     try:
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client.handshake)
                 await server.handshake()
             await server.send_all(b"already here")
-            if isinstance(client, MemoryTLS):
-                await client._feed()  # the record waits in the client's incoming BIO
-            else:  # the record waits in the kernel's socket buffer
-                await trio.lowlevel.wait_readable(client.connection)
+            if isinstance(client_net, socket.socket):  # the record waits in the kernel
+                await trio.lowlevel.wait_readable(client_net)
+            else:  # the record waits in the client's incoming BIO
+                await client._feed()
             await client.send_close_notify()
             buffer = bytearray(65536)
             count = await client.receive_into(buffer)
@@ -544,6 +533,7 @@ def test_one_call_shutdown_is_available_here(pki: LoopbackPKI) -> None:
         connection = context.wrap_socket(first, do_handshake_on_connect=False)
         with connection:
             assert _openssl._ssl_pointer(connection) is not None
+            assert _openssl.reaches_openssl(context, server_side=False)  # socket: SocketTLS
             # and so the socket transport asks OpenSSL how a stream ended,
             # with no Python call per record
             assert isinstance(_records.attach(connection), _records.SocketRecordState)

@@ -219,6 +219,47 @@ def test_half_close_full_reply_arrives(
     assert rest == bytes(2000000)
 
 
+LAYOUT_CHECK_FAILS = (
+    "import sys\n"
+    "from trio_s6tls import _openssl\n"
+    "_openssl._ssl_pointer = lambda connection: None\n"
+    "sys.stderr.write('test: ctypes cannot reach OpenSSL here\\n')\n"
+)
+
+
+def test_close_notify_keeps_the_data_behind_it_where_ctypes_cannot_reach_openssl(
+    pki: LoopbackPKI, tcp_pair: tuple[socket.socket, socket.socket], tmp_path: Path
+) -> None:
+    """On an interpreter where _openssl's layout check fails, prog closing
+    its output (close_notify, -S) while the server's data waits in the kernel loses none of it
+    (SSLSocket's unwrap() would read a record and drop it)."""
+    (tmp_path / "sitecustomize.py").write_text(LAYOUT_CHECK_FAILS)
+    sent = tmp_path / "sent"
+    os.mkfifo(sent)
+    # The server says when 3 MB are written: more than the client's pipe
+    # and engine hold, so some wait in its socket when it closes fd 7.
+    server_prog = sh(
+        'read -r line; head -c 3000000 /dev/zero; echo >"$1"; head -c 5000000 /dev/zero',
+        str(sent),
+    )
+    client_prog = sh('echo go >&7; read -r x <"$1"; exec 7>&-; wc -c <&6', str(sent))
+    tlsc, tlsd = start_pair(
+        pki,
+        tcp_pair,
+        client_prog,
+        server_prog,
+        client_flags=("-S", "-k", "localhost"),  # close_notify at prog's EOF
+        client_env=tls_env(pki, PYTHONPATH=str(tmp_path)),
+        client_fds=(6, 7),
+    )
+    with reaped(tlsc, tlsd):
+        out, client_err = finish(tlsc)
+        _, server_err = finish(tlsd)
+    assert b"ctypes cannot reach OpenSSL here" in client_err
+    assert tlsc.returncode == 0 and tlsd.returncode == 0, (client_err, server_err)
+    assert out.split() == [b"8000000"]
+
+
 def test_client_certificate_seen_by_server_prog(
     pki: LoopbackPKI,
     client_cert: ClientCert,

@@ -15,8 +15,9 @@ What the user sees does not change: the handshake's failures are the
 engine's own messages (:func:`~._tls_errors.handshake_failure`, the ``-K``
 timeout) with its exit code (98), and the ``SSL_*`` variables and the
 ``-v`` line come from the engine, as before. Used only where the old path
-would not drop privileges for the engine (no ``TLS_UID``/``TLS_GID``) and
-the network is one stream socket.
+would not drop privileges for the engine (no ``TLS_UID``/``TLS_GID``), the
+network is one stream socket, and this interpreter lets the engine take it
+on as an SSLSocket (:func:`may_handshake_here`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 
 from ._errors import EXIT_ENGINE, EXIT_SYSTEM, EXIT_TLS, Fatal, describe_os_error
 from ._log import Log
+from ._openssl import reaches_openssl
 from ._records import attach
 from ._tls_errors import handshake_failure
 from ._tlsconfig import TLSOptions
@@ -49,6 +51,16 @@ def start_engine_import() -> threading.Thread:
     thread = threading.Thread(target=_import_engine, name="import trio", daemon=True)
     thread.start()
     return thread
+
+
+def may_handshake_here(
+    context: ssl.SSLContext, identity: tuple[int | None, int | None], *, server_side: bool
+) -> bool:
+    """Whether the wrapper may do the handshake: the engine would not change
+    identity (``TLS_UID``/``TLS_GID``), and it may take the connection on as
+    an SSLSocket (:func:`~._openssl.reaches_openssl`; else the engine child
+    handshakes on memory BIOs, as before)."""
+    return identity == (None, None) and reaches_openssl(context, server_side=server_side)
 
 
 def handshake_now(fd: int, context: ssl.SSLContext, options: TLSOptions) -> ssl.SSLSocket:
@@ -80,7 +92,7 @@ def early_handshake(
     except BaseException:
         sock.detach()
         raise
-    if identity != (None, None):
+    if not may_handshake_here(context, identity, server_side=server_side):
         sock.detach()
         return None
     return _handshake(sock, context, options, server_side=server_side)

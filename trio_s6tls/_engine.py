@@ -55,6 +55,7 @@ from ._fdstreams import FdPairStream, Parking
 from ._handshake_info import Variables, describe_variables, handshake_variables
 from ._log import Log
 from ._memory_tls import MemoryTLS
+from ._openssl import reaches_openssl
 from ._records import RECORD_SIZE, Records
 from ._socket_tls import SocketTLS
 from ._tls_errors import write_failure
@@ -88,9 +89,15 @@ def tls_over(
     server_side: bool,
     server_hostname: str | None = None,
 ) -> TLSTransport:
-    """An ``SSLSocket`` transport for a socket, a memory-BIO one otherwise."""
+    """An ``SSLSocket`` transport for a socket, a memory-BIO one otherwise
+    (and for a socket where ctypes cannot send our close_notify: see
+    ``trio_s6tls._openssl``)."""
     if isinstance(network, socket.socket):
-        return SocketTLS(network, context, server_side=server_side, server_hostname=server_hostname)
+        if reaches_openssl(context, server_side=server_side):
+            return SocketTLS(
+                network, context, server_side=server_side, server_hostname=server_hostname
+            )
+        network = trio.SocketStream(trio.socket.from_stdlib_socket(network))
     return MemoryTLS(network, context, server_side=server_side, server_hostname=server_hostname)
 
 

@@ -19,7 +19,9 @@ then ``owner``), unchanged from 3.7 to 3.13. It is checked before use: the
 ``owner`` slot must hold a weak reference to the very ``SSLSocket`` or
 ``SSLObject`` we hold. If the check fails (another interpreter, a changed
 layout), :func:`send_close_notify_once` returns ``False`` and the caller
-falls back to ``unwrap()``.
+falls back to ``unwrap()`` with a memory BIO, hiding the BIO's contents
+during the call; a socket's ``unwrap()`` would read the kernel's, so sockets
+are then given memory BIOs too (:func:`reaches_openssl`).
 """
 
 from __future__ import annotations
@@ -83,6 +85,17 @@ def _ssl_pointer(connection: ssl.SSLSocket | ssl.SSLObject) -> int | None:
     if owner is None or owner not in {id(ref) for ref in weakref.getweakrefs(connection)}:
         return None
     return ctypes.c_void_p.from_address(base + _SSL_OFFSET).value
+
+
+def reaches_openssl(context: ssl.SSLContext, *, server_side: bool) -> bool:
+    """Whether this interpreter passes the layout check, tried on a
+    throwaway connection of ``context``. Where it fails, a socket takes the
+    memory-BIO transport (:func:`~trio_s6tls._engine.tls_over`): only that
+    one can send close_notify without ``unwrap()`` dropping data."""
+    if _LIBRARY is None:
+        return False
+    trial = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=server_side)
+    return _ssl_pointer(trial) is not None
 
 
 def send_close_notify_once(connection: ssl.SSLSocket | ssl.SSLObject) -> bool:

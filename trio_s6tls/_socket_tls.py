@@ -4,7 +4,8 @@ readiness waits.
 OpenSSL reads and writes the kernel socket itself, so there are no memory-BIO
 copies and few Python round trips per record: about twice the throughput of
 ``trio.SSLStream`` (docs/design.rst, "Performance"). Used when the network fd is a
-stream socket. Same interface as :class:`~trio_s6tls._memory_tls.MemoryTLS`.
+stream socket and :mod:`._openssl` can reach OpenSSL. Same interface as
+:class:`~trio_s6tls._memory_tls.MemoryTLS`.
 
 Two tasks share the connection — one reads, one writes — which OpenSSL
 allows on a non-blocking socket as long as calls do not overlap (they cannot:
@@ -25,7 +26,7 @@ import termios
 import trio
 
 from ._errors import Fatal
-from ._openssl import release_idle_buffers
+from ._openssl import release_idle_buffers, send_close_notify_once
 from ._records import RECORD_SIZE, attach
 from ._tls_errors import handshake_failure, read_failure, reset_failure
 
@@ -207,21 +208,20 @@ class SocketTLS:
             pass
 
     async def send_close_notify(self) -> None:
-        """Send close_notify, then half-close TCP; reading goes on (see
-        :mod:`._openssl` for why ``unwrap`` will not do)."""
-        from ._openssl import send_close_notify_once  # ctypes: only when closing
-
+        """Send close_notify, then half-close TCP; reading goes on. Built
+        only where :mod:`._openssl` sends the alert with one call
+        (:func:`~._engine.tls_over`): ``unwrap`` would read the peer's
+        records after it, and drop their data."""
         self.close_notify_sent = True
-        self._empty = None  # unwrap() may read records, and leave some in OpenSSL
         while True:
             try:
                 if not send_close_notify_once(self.connection):
-                    self.connection._sslobj.shutdown()  # type: ignore[attr-defined]
+                    raise RuntimeError("SocketTLS where ctypes cannot reach OpenSSL")
                 break
             except ssl.SSLWantWriteError as error:
                 await self._wait(error)
             except (ssl.SSLError, OSError):
-                break  # WANT_READ (sent, the peer's not yet here), or a dead socket
+                break  # a dead socket: the reader will say why
         await self.send_eof()
 
     async def aclose(self) -> None:

@@ -56,7 +56,7 @@ def tlsclient_tcp_options(values: dict[str, Any]) -> TcpClientOptions:
 
 
 def run(parsed: Parsed) -> int:
-    from .._early_handshake import handshake_now, start_engine_import
+    from .._early_handshake import handshake_now, may_handshake_here, start_engine_import
 
     importing = start_engine_import()  # behind the network's round trips
     host, port, prog = split_operands(parsed.operands)
@@ -80,9 +80,9 @@ def run(parsed: Parsed) -> int:
         import dataclasses
 
         options = dataclasses.replace(options, servername=tcp_env["TCPREMOTEIP"])
-    # Without TLS_UID/TLS_GID (the engine alone would change identity), the
-    # handshake runs here while trio is imported.
-    established = handshake_now(fd, context, options) if identity == (None, None) else None
+    # The handshake runs here while trio is imported, where it may.
+    may = may_handshake_here(context, identity, server_side=False)
+    established = handshake_now(fd, context, options) if may else None
     importing.join()  # no thread alive at the fork
     return handshake_then_exec(
         prog,
