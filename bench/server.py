@@ -9,7 +9,12 @@ full handshake.
 
 1. Full handshakes per second: CLIENTS client processes × THREADS threads,
    each looping connect → handshake → one line → reply → close for SECONDS.
-   s6-tlsserver runs with ``--workers`` = the number of cores.
+   s6-tlsserver runs with ``--workers`` = the number of cores. ROUNDS
+   rounds (default 3), each server once per round, interleaved (the first
+   one alternating) while all of them listen: this machine's speed drifts
+   by tens of per cent within minutes, and one run per server measured the
+   minute more than the server. Printed: each round's rates, the medians,
+   and the median of the rounds' ratios.
 2. Resident memory per idle connection: N connections opened and held (the
    responder waits for its line); the server-side process tree (server,
    workers, every prog) is measured before and after, as the sum of RSS and
@@ -22,7 +27,7 @@ the chain s6-tcpserverd → per connection prog, with its s6-tlsd-io engine
 as a child, so two processes per connection in its tree; TLS 1.2 only.
 ``--no-handshakes`` skips part 1.
 
-Usage: python bench/server.py [--seconds 10] [--connections 300] [--c-tools DIR]
+Usage: python bench/server.py [--seconds 5] [--rounds 3] [--connections 300] [--c-tools DIR]
 Prints each figure and the ratios s6-tlsserver / stunnel (and / C).
 """
 
@@ -34,13 +39,14 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from _pki import Pki, make_pki
@@ -195,6 +201,49 @@ def handshake_rate(
     return total / seconds, errors
 
 
+def handshake_rounds(
+    pki: Pki, directory: Path, args: argparse.Namespace
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Part 1, interleaved: every server's median rate, and the median over
+    the rounds of s6-tlsserver's rate over each other server's."""
+    print(
+        f"handshakes: {args.clients} client processes x {args.threads} threads,"
+        f" {args.seconds:g} s per server per round, {args.rounds} round(s),"
+        f" responder {' '.join(RESPONDER)}; s6-tlsserver --workers {args.workers}"
+    )
+    with ExitStack() as stack:
+        ports = {
+            "s6-tlsserver": stack.enter_context(s6_tlsserver(pki, args.workers, args.program))[0]
+        }
+        ports["stunnel4"] = stack.enter_context(stunnel(pki, directory))[0]
+        if args.c_tools is not None:
+            ports["C s6-tlsserver"] = stack.enter_context(
+                s6_tlsserver(pki, 1, c_tools=args.c_tools)
+            )[0]
+        names = list(ports)
+        per_round: list[dict[str, float]] = []
+        for index in range(args.rounds):
+            order = names if index % 2 == 0 else names[::-1]
+            measured: dict[str, float] = {}
+            for name in order:
+                rate, errors = handshake_rate(
+                    ports[name], pki.ca, args.seconds, args.clients, args.threads
+                )
+                measured[name] = rate
+                print(
+                    f"  round {index + 1} {name + ':':16} {rate:8.1f} handshakes/s ({errors} errors)"
+                )
+            per_round.append(measured)
+    medians = {name: statistics.median(r[name] for r in per_round) for name in names}
+    for name in names:
+        print(f"  median {name + ':':16} {medians[name]:8.1f} handshakes/s")
+    ratios = {
+        name: statistics.median(r["s6-tlsserver"] / r[name] for r in per_round)
+        for name in names[1:]
+    }
+    return medians, ratios
+
+
 # -- memory --------------------------------------------------------------------
 
 
@@ -276,7 +325,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=float, default=5, help="per server per round (5)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
     parser.add_argument("--connections", type=int, default=300)
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
@@ -304,30 +354,10 @@ def main() -> None:
         directory = Path(tmp)
         pki = make_pki(directory / "pki")
         cafile = pki.ca
-        ours = theirs = c_rate = 0.0
+        rates: dict[str, float] = {}
+        ratios: dict[str, float] = {}
         if not args.no_handshakes:
-            print(
-                f"handshakes: {args.clients} client processes x {args.threads} threads,"
-                f" {args.seconds:g} s, responder {' '.join(RESPONDER)};"
-                f" s6-tlsserver --workers {args.workers}"
-            )
-            with s6_tlsserver(pki, args.workers, args.program) as (port, _):
-                ours, our_errors = handshake_rate(
-                    port, cafile, args.seconds, args.clients, args.threads
-                )
-            print(f"  s6-tlsserver:   {ours:8.1f} handshakes/s ({our_errors} errors)")
-            with stunnel(pki, directory) as (port, _):
-                theirs, their_errors = handshake_rate(
-                    port, cafile, args.seconds, args.clients, args.threads
-                )
-            print(f"  stunnel4:       {theirs:8.1f} handshakes/s ({their_errors} errors)")
-            if c_tools is not None:
-                with s6_tlsserver(pki, 1, c_tools=c_tools) as (port, _):
-                    c_rate, c_errors = handshake_rate(
-                        port, cafile, args.seconds, args.clients, args.threads
-                    )
-                print(f"  C s6-tlsserver: {c_rate:8.1f} handshakes/s ({c_errors} errors)")
-
+            rates, ratios = handshake_rounds(pki, directory, args)
         print(f"memory: {args.connections} idle connections, server-side process tree")
         with s6_tlsserver(pki, 1, args.program) as (port, pid):
             our_rss, our_pss, our_own = memory_per_connection(port, pid, cafile, args.connections)
@@ -355,14 +385,21 @@ def main() -> None:
 
         print("ratios (s6-tlsserver / stunnel4):")
         if not args.no_handshakes:
-            print(f"  handshakes/s:            {ours / theirs:.2f}  (>= 1 is better)")
+            print(
+                f"  handshakes/s:            {ratios['stunnel4']:.2f}  (>= 1 is better;"
+                f" median of the rounds' ratios; of the medians:"
+                f" {rates['s6-tlsserver'] / rates['stunnel4']:.2f})"
+            )
         print(f"  RSS per idle connection: {our_rss / their_rss:.2f}  (<= 1 is better)")
         print(f"  PSS per idle connection: {our_pss / their_pss:.2f}  (<= 1 is better)")
         print(f"  server process alone:    {our_own / their_own:.2f}  (<= 1 is better)")
         if c_tools is not None:
             print("ratios (s6-tlsserver / C s6-tlsserver):")
             if not args.no_handshakes:
-                print(f"  handshakes/s:            {ours / c_rate:.2f}  (>= 1 is better)")
+                print(
+                    f"  handshakes/s:            {ratios['C s6-tlsserver']:.2f}  (>= 1 is better;"
+                    " median of the rounds' ratios)"
+                )
             print(f"  RSS per idle connection: {our_rss / c_rss:.2f}  (<= 1 is better)")
             print(f"  PSS per idle connection: {our_pss / c_pss:.2f}  (<= 1 is better)")
 
