@@ -34,6 +34,8 @@ _TCP_CLOSE = 7  # Linux tcp_info.tcpi_state after a reset
 _WANT_READ = ssl.SSLWantReadError()  # what a read on an empty socket raises
 _INT = struct.Struct("i")  # FIONREAD's answer
 _INT_ZERO = bytes(_INT.size)
+_HEADER = 5  # a TLS record header's bytes
+_TRUSTED_HINT = RECORD_SIZE + 256  # a full record, header, tag and padding
 
 
 class SocketTLS:
@@ -57,11 +59,21 @@ class SocketTLS:
         )
         release_idle_buffers(self.connection)  # an idle connection holds no record buffers
         self.records = attach(self.connection)
+        self._init_reading()
+
+    def _init_reading(self) -> None:
         self.close_notify_sent = False
         self._fin_sent = False
         self._ended = False
         self._failure: Fatal | None = None  # seen after data: raised on the next read
         self._empty: ssl.SSLError | None = None  # OpenSSL has nothing: wait before reading
+        # Raw bytes the kernel held at the last FIONREAD, less those read since.
+        self._queued_hint = 0
+        # The _ssl object's own calls: SSLSocket's wrappers re-check what
+        # cannot change here (3 us a record).
+        inner = self.connection._sslobj  # type: ignore[attr-defined]
+        self._read = inner.read
+        self._pending = inner.pending
 
     @classmethod
     def adopt(cls, connection: ssl.SSLSocket) -> SocketTLS:
@@ -72,11 +84,7 @@ class SocketTLS:
         self.connection = connection
         records = getattr(connection, "s6_records", None)
         self.records = records if records is not None else attach(connection)
-        self.close_notify_sent = False
-        self._fin_sent = False
-        self._ended = False
-        self._failure = None
-        self._empty = None
+        self._init_reading()
         return self
 
     async def _wait(self, error: ssl.SSLError) -> None:
@@ -111,6 +119,8 @@ class SocketTLS:
                 raise self._failure
             return 0
         view = memoryview(buffer)
+        size = len(view)
+        read, pending = self._read, self._pending
         filled = 0
         waited = False
         if self._empty is not None:  # the last call ended on an empty socket
@@ -119,7 +129,7 @@ class SocketTLS:
             waited = True
         while True:
             try:
-                count = self.connection.recv_into(view[filled:])
+                count = read(size - filled, view[filled:])
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as error:
                 if filled:
                     # Wait first next time: a read now would almost surely
@@ -142,14 +152,13 @@ class SocketTLS:
                 else:
                     self._ended = True
                 break
-            self.records.data()
             filled += count
-            if len(view) - filled < RECORD_SIZE:
+            if size - filled < RECORD_SIZE:
                 break
-            if not self.connection.pending() and not self._queued():
+            if not pending() and not self._more_queued(count):
                 # OpenSSL reads a record at a time: past one it holds no raw
                 # bytes, so with none queued in the kernel the next read
-                # would fail (5 us; asking costs 2).
+                # would fail (5 us).
                 self._empty = _WANT_READ
                 break
         if self._failure is not None and not filled:
@@ -158,12 +167,22 @@ class SocketTLS:
             await trio.lowlevel.checkpoint()
         return filled
 
-    def _queued(self) -> int:
-        """Bytes waiting in the kernel's receive queue (-1: unknown)."""
+    def _more_queued(self, count: int) -> bool:
+        """Whether the kernel may hold the start of another record, after
+        one whose ``count`` bytes were just read. Asks (FIONREAD, 2 us) only
+        once fewer than a full record's bytes may be left of those it last
+        reported: a record takes at least its plaintext and a 5-byte header
+        of them, so a guess errs only towards a read that fails (WANT_READ,
+        handled as before), and asking near the end avoids even that."""
+        self._queued_hint -= count + _HEADER
+        if self._queued_hint > _TRUSTED_HINT:
+            return True
         try:
-            return _INT.unpack(fcntl.ioctl(self.connection, termios.FIONREAD, _INT_ZERO))[0]  # type: ignore[no-any-return]
+            queued: int = _INT.unpack(fcntl.ioctl(self.connection, termios.FIONREAD, _INT_ZERO))[0]
         except OSError:
-            return -1
+            return True  # unknown: try the read
+        self._queued_hint = queued
+        return queued > 0
 
     def _was_reset(self) -> bool:
         """Python reports an RST as an ``SSLEOFError``, like a FIN (``SSL_read_ex``
