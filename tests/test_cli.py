@@ -7,6 +7,7 @@ Rules: subprocesses with timeouts; the demo uses loopback only.
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
@@ -113,3 +114,18 @@ def test_bad_values_are_one_fatal_line(name: str, argv: list[str], line: str) ->
     result = run(program(name), *argv)
     assert result.returncode == 100
     assert result.stderr.splitlines() == [f"{name}: fatal: {line}"], result.stderr
+
+
+def test_a_program_leaves_its_heap_out_of_the_last_collection() -> None:
+    """After its work, Program.main freezes the heap, so that the
+    interpreter's collection at exit does not walk every object of the
+    imports (some 40 ms of CPU per engine process, measured)."""
+    from trio_s6tls.programs._cli import Program
+
+    program = Program("s6-test", [], operands="", summary="", epilog="")
+    before = gc.get_freeze_count()
+    try:
+        assert program.main([], lambda parsed: 7) == 7
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
