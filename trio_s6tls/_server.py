@@ -25,10 +25,11 @@ Theory of operation (docs/design.rst, "Process model"):
 5. **prog** runs with stdin/stdout on two pipes whose other ends form the
    local side of :func:`~trio_s6tls._engine.tunnel`. Without TLS the socket
    itself is prog's fds 0 and 1 (back in blocking mode). prog is started
-   with ``posix_spawn`` in a worker thread (a vfork-style clone suspends
-   its caller until the exec: not the loop), SIGPIPE and SIGXFSZ back at
-   their defaults and an empty signal mask; only a change of identity
-   (``-u``/``-g``/``-G``) takes the slower ``Popen`` path.
+   with ``posix_spawn`` from the loop itself: its vfork-style clone holds
+   the loop until the exec (180 µs here), where handing it to a worker
+   thread cost 300-500 µs of CPU per connection. SIGPIPE and SIGXFSZ are
+   back at their defaults and the signal mask is empty; only a change of
+   identity (``-u``/``-g``/``-G``) takes the slower ``Popen`` path.
 6. **Every prog is reaped** (through a pidfd, or ``trio.Process.wait``);
    if the server itself is cancelled, remaining progs are killed, then
    reaped. Signals meant for every prog (SIGHUP...) also reach the ones
@@ -48,7 +49,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import shlex
 import socket
@@ -144,9 +144,6 @@ _TRANSIENT_ACCEPT_ERRORS = {
 _RESOURCE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
-#: Concurrent posix_spawn calls (each holds its thread ~1-2 ms, until the exec).
-SPAWN_THREADS = 8
-
 
 class Server:
     """A running :func:`serve`: what the programs' signal handlers act on.
@@ -161,8 +158,9 @@ class Server:
         self.slots = trio.Semaphore(max(config.max_conn, 1))
         self.per_ip: Counter[str] = Counter()
         self.processes: set[ChildProcess] = set()
-        # Signals for progs still being spawned (Popen runs in a thread:
-        # prog may already run, and be seen by a client, before we know it).
+        # Signals for progs still being spawned (the Popen path waits for
+        # its exec: prog may already run, and be seen by a client, before
+        # we know it).
         self.spawning: dict[object, list[int]] = {}
         self.accept_scope = trio.CancelScope()
         self.cancel_scope = trio.CancelScope()
@@ -178,7 +176,6 @@ class Server:
             local_name=config.local_name,
             strict_resolution=config.strict_resolution,
         )
-        self.spawn_threads = trio.CapacityLimiter(SPAWN_THREADS)
         self.parking = Parking()  # idle connections wait there (see local_when_active)
         # One cancel scope per connection whose prog has not started yet.
         self.waiting: set[trio.CancelScope] = set()
@@ -373,8 +370,9 @@ class Server:
     async def _spawn(
         self, argv: list[str], env: dict[str, str], *, stdin: int, stdout: int
     ) -> ChildProcess:
-        """Start prog in a thread, so that the loop never waits for an exec.
-        prog may run (and talk to its client) before we know its pid:
+        """Start prog: ``posix_spawn`` in the loop (see the module doc), or
+        ``Popen`` for a change of identity, which the loop waits for. prog
+        may then run (and talk to its client) before we know its pid:
         signals for every prog that arrive meanwhile are kept for it."""
         config = self.config
         pending: list[int] = []
@@ -385,10 +383,8 @@ class Server:
             same_identity = config.uid is None and config.gid is None and config.groups is None
             if same_identity and hasattr(os, "pidfd_open"):
                 # posix_spawn: a vfork-style clone, no Python in the child
-                process = await trio.to_thread.run_sync(
-                    functools.partial(spawn_child, argv, env, stdin=stdin, stdout=stdout),
-                    limiter=self.spawn_threads,
-                )
+                process = spawn_child(argv, env, stdin=stdin, stdout=stdout)
+                await trio.lowlevel.checkpoint()
             else:
                 process = await trio.lowlevel.open_process(
                     argv,
