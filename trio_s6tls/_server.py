@@ -144,7 +144,6 @@ _TRANSIENT_ACCEPT_ERRORS = {
 _RESOURCE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
-
 class Server:
     """A running :func:`serve`: what the programs' signal handlers act on.
     Handed out by ``await nursery.start(serve, ...)``."""
@@ -371,8 +370,8 @@ class Server:
         self, argv: list[str], env: dict[str, str], *, stdin: int, stdout: int
     ) -> ChildProcess:
         """Start prog: ``posix_spawn`` in the loop (see the module doc), or
-        ``Popen`` for a change of identity, which the loop waits for. prog
-        may then run (and talk to its client) before we know its pid:
+        for a change of identity ``Popen``, which trio runs in a thread.
+        prog may then run (and talk to its client) before we know its pid:
         signals for every prog that arrive meanwhile are kept for it."""
         config = self.config
         pending: list[int] = []
