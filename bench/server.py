@@ -342,6 +342,10 @@ def main() -> None:
     )
     parser.add_argument("--no-handshakes", action="store_true", help="memory only")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.seconds <= 0:
+        parser.error("--seconds must be more than 0")
     c_tools = args.c_tools
     if c_tools is not None and not os.access(c_tools / "s6-tlsserver", os.X_OK):
         sys.exit(f"bench/server.py: no C s6-tlsserver in {c_tools}")
