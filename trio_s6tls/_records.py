@@ -17,8 +17,9 @@ Two ways to know, one per transport:
   truncation is an EOF with a record begun. Nothing runs per record: the
   message callback below is turned off for the connection (it cost some
   10 % of a bulk transfer's CPU).
-* **On memory BIOs**, whose EOF flag only means "empty", and on a socket
-  where ctypes cannot reach the ``SSL *``, OpenSSL's message callback
+* **On memory BIOs**, whose EOF flag only means "empty" (also the
+  transport of a socket where ctypes cannot reach the ``SSL *``: see
+  :func:`~._engine.tls_over`), OpenSSL's message callback
   watches every record header read and every non-application-data message
   after decryption (alerts included). Per connection, :class:`RecordState`
   keeps ``close_notify`` (the alert has been read) and ``partial`` (a
@@ -119,8 +120,8 @@ Records = RecordState | SocketRecordState
 
 def attach(conn: ssl.SSLSocket | ssl.SSLObject) -> Records:
     """The record state of a new connection, kept on it as ``s6_records``:
-    asked of OpenSSL for a socket where ctypes allows it, else fed by the
-    message callback."""
+    asked of OpenSSL for a socket (SocketTLS exists only where ctypes
+    allows it), fed by the message callback for memory BIOs."""
     state: Records
     probe = record_probe(conn, silence_callback=isinstance(conn, ssl.SSLSocket))
     if isinstance(conn, ssl.SSLSocket) and probe is not None:

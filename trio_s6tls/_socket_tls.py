@@ -59,9 +59,9 @@ class SocketTLS:
         )
         release_idle_buffers(self.connection)  # an idle connection holds no record buffers
         self.records = attach(self.connection)
-        self._init_reading()
+        self._init_state()
 
-    def _init_reading(self) -> None:
+    def _init_state(self) -> None:
         self.close_notify_sent = False
         self._fin_sent = False
         self._ended = False
@@ -84,7 +84,7 @@ class SocketTLS:
         self.connection = connection
         records = getattr(connection, "s6_records", None)
         self.records = records if records is not None else attach(connection)
-        self._init_reading()
+        self._init_state()
         return self
 
     async def _wait(self, error: ssl.SSLError) -> None:
