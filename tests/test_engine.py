@@ -38,13 +38,11 @@ from trio_s6tls._memory_tls import MemoryTLS
 from trio_s6tls.testing import LoopbackPKI
 
 
-class CutAfter(trio.abc.HalfCloseableStream):
-    """A network stream that delivers only the first ``limit`` bytes the
-    peer sends, then an EOF: a cut with no close_notify."""
+class Passthrough(trio.abc.HalfCloseableStream):
+    """A stream that hands every call to ``inner``; tests override one."""
 
-    def __init__(self, inner: trio.abc.HalfCloseableStream, limit: int) -> None:
+    def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
         self.inner = inner
-        self.left = limit
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.inner.send_all(data)
@@ -56,15 +54,27 @@ class CutAfter(trio.abc.HalfCloseableStream):
         await self.inner.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class CutAfter(Passthrough):
+    """A network stream that delivers only the first ``limit`` bytes the
+    peer sends, then an EOF: a cut with no close_notify."""
+
+    def __init__(self, inner: trio.abc.HalfCloseableStream, limit: int) -> None:
+        super().__init__(inner)
+        self.left = limit
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self.left <= 0:
             await trio.lowlevel.checkpoint()
             return b""
         data = await self.inner.receive_some(min(self.left, max_bytes or 65536))
         self.left -= len(data)
         return data
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 @dataclass
@@ -276,28 +286,16 @@ async def test_eof_anywhere_inside_a_record_is_fatal_on_memory_transport(
     assert "in the middle of a TLS record" in messages.getvalue()
 
 
-class SizeRecorder(trio.abc.HalfCloseableStream):
+class SizeRecorder(Passthrough):
     """A local stream that notes the size of every write the engine makes."""
 
     def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.sizes: list[int] = []
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.sizes.append(len(data))
         await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def test_a_bulk_receiver_delivers_many_records_per_write(pki: LoopbackPKI) -> None:
