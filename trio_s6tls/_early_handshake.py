@@ -1,23 +1,25 @@
-"""A one-shot client's handshake while trio is being imported.
+"""A one-shot client's handshake before trio is imported.
 
 A wrapper that forks its engine first (:mod:`._exec`) pays the import of
-trio in the child (~100-200 ms) and only then starts the handshake, whose
+trio in the child (~100-250 ms) and only then starts the handshake, whose
 round trips follow. Here the wrapper itself does the handshake, with the
-standard library's blocking calls (which release the GIL while they wait
-on the network and while OpenSSL computes), as a thread imports trio and
-the engine meanwhile. Then, with that thread finished (no thread is alive
-at fork time, docs/design.rst), the engine child is forked on the
-established connection and runs only the tunnel; the rest is
-:func:`~._exec.handshake_then_exec`'s: notification, exec of prog, the
-engine as prog's child.
+standard library's blocking calls, and never imports trio: it forks the
+engine child on the established connection, and the rest is
+:func:`~._exec.handshake_then_exec`'s (notification, exec of prog, the
+engine as prog's child). The child notifies at once, starts a thread that
+imports trio, and carries the tunnel's first bytes meanwhile on
+:mod:`._bridge` (the standard library's ``poll``); the trio engine takes
+over where the bridge stopped. A request and its reply are usually over
+before the import is.
 
 What the user sees does not change: the handshake's failures are the
 engine's own messages (:func:`~._tls_errors.handshake_failure`, the ``-K``
-timeout) with its exit code (98), and the ``SSL_*`` variables and the
-``-v`` line come from the engine, as before. Used only where the old path
-would not drop privileges for the engine (no ``TLS_UID``/``TLS_GID``), the
-network is one stream socket, and this interpreter lets the engine take it
-on as an SSLSocket (:func:`may_handshake_here`).
+timeout) with its exit code (98), the ``SSL_*`` variables and the ``-v``
+line are the engine's, and the close model is the engine's
+(docs/close-semantics.rst). Used only where the old path would not drop
+privileges for the engine (no ``TLS_UID``/``TLS_GID``), the network is one
+stream socket, and this interpreter lets the engine take it on as an
+SSLSocket (:func:`may_handshake_here`).
 """
 
 from __future__ import annotations
@@ -35,19 +37,26 @@ from ._errors import EXIT_ENGINE, EXIT_SYSTEM, EXIT_TLS, Fatal, describe_os_erro
 from ._log import Log
 from ._openssl import reaches_openssl
 from ._records import attach
-from ._tls_errors import handshake_failure
+from ._tls_errors import handshake_failure, write_failure
 from ._tlsconfig import TLSOptions
 
 
-def _import_engine() -> None:
-    import trio  # noqa: F401
+def _import_engine(ready_fd: int | None = None) -> None:
+    """Import trio and the engine; then write a byte to ``ready_fd``."""
+    try:
+        import trio  # noqa: F401
 
-    from . import _engine, _fdstreams, _socket_tls  # noqa: F401
+        from . import _engine, _fdstreams, _socket_tls  # noqa: F401
+    finally:
+        if ready_fd is not None:
+            os.write(ready_fd, b"+")
+            os.close(ready_fd)
 
 
 def start_engine_import() -> threading.Thread:
     """Import trio and the engine in a thread (daemon: an early failure
-    must not wait for it); join it before any fork."""
+    must not wait for it), for a wrapper whose engine child does the
+    handshake; join it before any fork."""
     thread = threading.Thread(target=_import_engine, name="import trio", daemon=True)
     thread.start()
     return thread
@@ -149,32 +158,54 @@ def run_established_child(
     server_side: bool = False,
     spare: Sequence[int] = (),
 ) -> int:
-    """The engine child on an established connection: what
-    :func:`~._iorun.run_engine_child` does after its handshake (which is
-    immediate here: it is done), as an exit code."""
-    import trio
-
-    from ._engine import CHUNK, run_engine, write_notification
-    from ._fdstreams import FdPairStream
-    from ._handshake_info import Variables, encode_notification
-    from ._socket_tls import SocketTLS
+    """The engine child on an established connection, as an exit code: the
+    notification at once, then the tunnel's first bytes on :mod:`._bridge`
+    while a thread imports trio, then the trio engine from where the bridge
+    stopped."""
+    from ._bridge import carry_first_bytes
+    from ._handshake_info import (
+        describe_variables,
+        encode_notification,
+        handshake_variables,
+        write_notification,
+    )
 
     log = Log(name, options.verbosity)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    ready_read, ready_write = os.pipe()
+    threading.Thread(target=_import_engine, args=(ready_write,), daemon=True).start()
+    variables = handshake_variables(
+        connection,
+        server_side=server_side,
+        peer_cert_requested=server_side and options.client_cert >= 1,  # as establish()
+    )
+    log.info(describe_variables(variables), level=2)
+    write_notification(notify_fd, encode_notification(variables))
+    carried = carry_first_bytes(connection, local[0], local[1], ready_read)
+    os.read(ready_read, 1)  # the import is over (or failed: the import below says why)
+    os.close(ready_read)
+    if carried.refused is not None:  # the connection is dead: end at once, as the engine
+        failure = write_failure(carried.refused)
+        log.fatal(failure.message)
+        connection.close()
+        for fd in (*local, *spare):
+            os.close(fd)
+        return failure.exit_code
 
-    def notify(variables: Variables) -> None:
-        write_notification(notify_fd, encode_notification(variables))
+    import trio
+
+    from ._engine import CHUNK, run_engine
+    from ._fdstreams import FdPairStream
+    from ._socket_tls import SocketTLS
 
     async def main() -> int:
         local_stream = FdPairStream(local[0], local[1], pipe_size=CHUNK)
+        tls = SocketTLS.adopt(
+            connection, reading_ended=carried.network_ended, error=carried.network_error
+        )
         try:
             return await run_engine(
-                SocketTLS.adopt(connection),
-                local_stream,
-                options,
-                server_side=server_side,
-                notify=notify,
-                log=log,
+                tls, local_stream, options, server_side=server_side, log=log, carried=carried
             )
         finally:
             for fd in spare:  # the network's other fd (s6-tlsd's 1, -7)

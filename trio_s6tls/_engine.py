@@ -49,6 +49,7 @@ from typing import Protocol
 
 import trio
 
+from ._bridge import Carried
 from ._errors import EXIT_SYSTEM, EXIT_TLS, Fatal, describe_os_error
 from ._fds import same_object, stream_socket
 from ._fdstreams import FdPairStream, Parking
@@ -122,9 +123,14 @@ class _Tunnel:
     """The two pumps of one tunnel and the little they share."""
 
     def __init__(
-        self, tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions
+        self,
+        tls: TLSTransport,
+        local: trio.abc.HalfCloseableStream,
+        options: TLSOptions,
+        carried: Carried,
     ) -> None:
         self.tls = tls
+        self.carried = carried
         self.local = local
         self.options = options
         self.tls13 = tls.connection.version() == "TLSv1.3"
@@ -153,6 +159,11 @@ class _Tunnel:
         view = memoryview(buffer)
         direct = self.local if isinstance(self.local, FdPairStream) else None
         with self.down_scope:
+            if self.carried.down:  # decrypted before trio was there (_bridge)
+                try:
+                    await self.local.send_all(self.carried.down)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.discarding = True
             while count := await tls.receive_into(buffer):
                 if self._ignoring_input():
                     continue
@@ -199,6 +210,11 @@ class _Tunnel:
             self._linger_if_over()
 
     async def _send_up(self) -> None:
+        if self.carried.up:  # read before trio was there (_bridge)
+            try:
+                await self.tls.send_all(self.carried.up)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+                raise write_failure(error.__cause__) from None
         while not self.up_stopped:
             with trio.CancelScope() as self.up_reading:
                 try:
@@ -249,15 +265,19 @@ async def establish(
 
 
 async def tunnel(
-    tls: TLSTransport, local: trio.abc.HalfCloseableStream, options: TLSOptions
+    tls: TLSTransport,
+    local: trio.abc.HalfCloseableStream,
+    options: TLSOptions,
+    carried: Carried | None = None,
 ) -> None:
     """Move data both ways after the handshake until neither direction can
-    carry more (rules 2–7 above). Raises the first :class:`Fatal`. Does not
+    carry more (rules 2–7 above), first what ``carried`` holds (the bytes
+    ``_bridge`` moved up to the handover). Raises the first :class:`Fatal`. Does not
     close ``tls`` or ``local``: close both when it returns (with
     ``local`` an :class:`FdPairStream`, the side it reads first) — after a
     TLS 1.2 close_notify that close is the application's EOF."""
     failure: list[Fatal] = []
-    pumps = _Tunnel(tls, local, options)
+    pumps = _Tunnel(tls, local, options, carried or Carried())
 
     async def guarded(nursery: trio.Nursery, pump: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -304,22 +324,26 @@ async def run_engine(
     notify: Callable[[Variables], None] | None = None,
     log: Log | None = None,
     report_resumption: bool = False,
+    carried: Carried | None = None,
 ) -> int:
     """Run one TLS tunnel to its end and return the exit status (docs/programs/index.rst):
     :func:`establish`, then ``notify(variables)``, then :func:`tunnel`.
+    With ``carried``, the handshake was done, notified, and the tunnel's
+    first bytes moved by ``_bridge``: only the tunnel is left.
 
     Fatal errors are reported on ``log`` as one ``fatal:`` line. Both ``tls``
     and ``local`` are closed on return.
     """
     log = log or Log("trio_s6tls", options.verbosity)
     try:
-        variables = await establish(
-            tls, options, server_side=server_side, report_resumption=report_resumption
-        )
-        log.info(describe_variables(variables), level=2)
-        if notify is not None:
-            notify(variables)
-        await tunnel(tls, local, options)
+        if carried is None:
+            variables = await establish(
+                tls, options, server_side=server_side, report_resumption=report_resumption
+            )
+            log.info(describe_variables(variables), level=2)
+            if notify is not None:
+                notify(variables)
+        await tunnel(tls, local, options, carried)
         return 0
     except Fatal as error:
         log.fatal(error.message)
@@ -328,16 +352,3 @@ async def run_engine(
         with trio.CancelScope(shield=True):
             await tls.aclose()
             await local.aclose()
-
-
-def write_notification(fd: int, block: bytes) -> None:
-    """Write the block to ``fd`` and close it; a reader that went away is
-    not our failure (it will not start the application)."""
-    try:
-        view = memoryview(block)
-        while view:
-            view = view[os.write(fd, view) :]
-    except BrokenPipeError:
-        pass
-    finally:
-        os.close(fd)

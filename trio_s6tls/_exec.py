@@ -5,9 +5,11 @@ Theory of operation:
 
 1. **Fork first, outside any event loop** (:func:`~trio_s6tls._spawn.fork_child`).
    The parent never runs ``trio.run`` and never imports trio; the child
-   runs :func:`trio_s6tls._iorun.run_engine_child`, which does. At fork time
-   the process has one thread and no loop, so the child inherits a sane
-   state.
+   runs :func:`trio_s6tls._iorun.run_engine_child`, which does, or, on a
+   connection whose handshake the parent did (``established``),
+   :func:`trio_s6tls._early_handshake.run_established_child`, which moves
+   the first bytes before trio is imported. At fork time the process has
+   one thread and no loop, so the child inherits a sane state.
 2. **prog's fds replace the network** (:func:`~trio_s6tls._fds.install_fds`):
    two pipes to the engine take the network fds' numbers (``prog_fds``);
    the network belongs to the engine alone.
@@ -64,8 +66,6 @@ def handshake_then_exec(
     own_stdio = [fd for fd in (0, 1) if fd not in network]
 
     def engine() -> int:
-        from ._iorun import run_engine_child  # trio: in the child only
-
         close_fds([to_prog_read, from_prog_write, notify_read])
         # Do not hold the caller's stdin/stdout open past prog's lifetime.
         null_fds(own_stdio)
@@ -83,6 +83,8 @@ def handshake_then_exec(
                 server_side=server_side,
                 spare=spare,
             )
+        from ._iorun import run_engine_child  # trio: in the child only
+
         return run_engine_child(
             name=name,
             options=options,

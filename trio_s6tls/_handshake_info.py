@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import ssl
 from collections.abc import Mapping
 
@@ -123,3 +124,16 @@ def decode_notification(block: bytes) -> Variables:
         name, eq, value = entry.decode().partition("=")
         variables[name] = value if eq else None
     return variables
+
+
+def write_notification(fd: int, block: bytes) -> None:
+    """Write the block to ``fd`` and close it; a reader that went away is
+    not our failure (it will not start the application)."""
+    try:
+        view = memoryview(block)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(fd)

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import trio
 
-from ._engine import CHUNK, network_from_fds, run_engine, tls_over, write_notification
+from ._engine import CHUNK, network_from_fds, run_engine, tls_over
 from ._errors import EXIT_ENGINE, EXIT_SYSTEM, Fatal, UsageError, describe_os_error
 from ._fds import check_open
 from ._fdstreams import FdPairStream
-from ._handshake_info import Variables, encode_notification
+from ._handshake_info import Variables, encode_notification, write_notification
 from ._identity import drop_privileges
 from ._log import Log
 from ._tlsconfig import TLSOptions, context_from_environment

@@ -76,15 +76,26 @@ class SocketTLS:
         self._pending = inner.pending
 
     @classmethod
-    def adopt(cls, connection: ssl.SSLSocket) -> SocketTLS:
+    def adopt(
+        cls,
+        connection: ssl.SSLSocket,
+        *,
+        reading_ended: bool = False,
+        error: Exception | None = None,
+    ) -> SocketTLS:
         """A transport for a connection whose handshake is done
-        (:mod:`._early_handshake`): its :meth:`handshake` returns at once."""
+        (:mod:`._early_handshake`): its :meth:`handshake` returns at once.
+        With ``reading_ended``, someone else's read met the stream's end
+        (``error``: how; None for an EOF) and :meth:`receive_into` reports
+        it (:mod:`._bridge`)."""
         self = cls.__new__(cls)
         connection.setblocking(False)
         self.connection = connection
         records = getattr(connection, "s6_records", None)
         self.records = records if records is not None else attach(connection)
         self._init_state()
+        if reading_ended:
+            self._reading_ends(error)
         return self
 
     async def _wait(self, error: ssl.SSLError) -> None:
@@ -139,18 +150,11 @@ class SocketTLS:
                 await self._wait(error)
                 waited = True
                 continue
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                count = 0
             except (ssl.SSLError, OSError) as error:
-                self._failure = read_failure(error)
+                self._reading_ends(error)
                 break
             if count == 0:
-                # OpenSSL reports a TCP reset as an EOF, sometimes even as a
-                # clean one: ask the kernel unless a close_notify explains it.
-                if not self.records.close_notify and self._was_reset():
-                    self._failure = reset_failure()
-                else:
-                    self._ended = True
+                self._reading_ends(None)
                 break
             filled += count
             if size - filled < RECORD_SIZE:
@@ -166,6 +170,18 @@ class SocketTLS:
         if not waited:
             await trio.lowlevel.checkpoint()
         return filled
+
+    def _reading_ends(self, error: Exception | None) -> None:
+        """Note how the stream ended, from a read's error (None: it returned 0)."""
+        if error is None or isinstance(error, (ssl.SSLZeroReturnError, ssl.SSLEOFError)):
+            # OpenSSL reports a TCP reset as an EOF, sometimes even as a
+            # clean one: ask the kernel unless a close_notify explains it.
+            if not self.records.close_notify and self._was_reset():
+                self._failure = reset_failure()
+            else:
+                self._ended = True
+        else:
+            self._failure = read_failure(error)
 
     def _more_queued(self, count: int) -> bool:
         """Whether the kernel may hold the start of another record, after

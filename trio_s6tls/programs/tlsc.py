@@ -21,15 +21,12 @@ PROGRAM = Program(
 
 
 def run(parsed: Parsed) -> int:
-    from .._early_handshake import early_handshake, start_engine_import
-
-    importing = start_engine_import()  # behind the handshake's round trips
+    from .._early_handshake import early_handshake
     from .._exec import handshake_then_exec
     from ._arguments import wrapper_arguments
 
     arguments = wrapper_arguments(parsed, network=(6, 7))
     established = early_handshake(arguments.network, arguments.options, server_side=False)
-    importing.join()  # no thread alive at the fork
     return handshake_then_exec(
         arguments.prog,
         name=PROGRAM.name,
