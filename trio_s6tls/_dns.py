@@ -23,7 +23,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 TYPE_CHECKING = False  # typing costs start-up time; only the checker needs it
 if TYPE_CHECKING:
@@ -70,8 +70,7 @@ _CLASS_IN = 1
 _NOERROR, _FORMERR, _SERVFAIL, _NXDOMAIN, _NOTIMP, _REFUSED = range(6)
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     names: list[tuple[bytes, ...]]  # PTR targets, as labels
     addresses: list[bytes]  # A or AAAA records, packed
     error: str | None  # s6-dns' wording, None when the server answered
@@ -116,8 +115,7 @@ def _read_name(message: bytes, position: int) -> tuple[tuple[bytes, ...], int]:
     raise ValueError("compression loop")
 
 
-@dataclass(frozen=True)
-class _Response:
+class _Response(NamedTuple):
     rcode: int
     truncated: bool
     answers: list[tuple[int, int, bytes, int]]  # type, class, rdata, rdata's offset

@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._errors import EXIT_SYSTEM, EXIT_USAGE, Fatal, describe_os_error
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """What to become; ``None`` (or ``groups=None``) keeps the current one."""
 
     uid: int | None = None

@@ -35,7 +35,7 @@ import re
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._errors import EXIT_SYSTEM, EXIT_USAGE, Fatal, UsageError, describe_os_error
 from ._log import Log
@@ -44,8 +44,7 @@ from ._ucspi import tcp_environment
 AddressInfo = tuple[int, str, tuple[str, int] | tuple[str, int, int, int]]
 
 
-@dataclass(frozen=True)
-class TcpClientOptions:
+class TcpClientOptions(NamedTuple):
     """The TCP options of s6-tcpclient and s6-tlsclient."""
 
     family: int = socket.AF_UNSPEC  # -4 / -6

@@ -14,9 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import _der
 from ._errors import EXIT_CONFIG, EXIT_SYSTEM, EXIT_USAGE, Fatal, describe_os_error
@@ -32,14 +31,14 @@ _VERSIONS = {
 }
 
 
-@dataclass(frozen=True)
-class TLSOptions:
+class TLSOptions(NamedTuple):
     """The TLS options (docs/programs/index.rst), shared by engines and wrappers.
 
     ``client_cert`` is, for a client, 0 (``-Y``) or 1 (``-y``: send one); for
     a server, 0 (none), 1 (``-Y``: request one) or 2 (``-y``: require one).
     ``servername`` is the client's ``-k NAME``; ``sni_level`` the server's
-    ``-k LEVEL``.
+    ``-k LEVEL``. An immutable ``NamedTuple``: build it with keywords,
+    change a field with ``options._replace(servername="example.org")``.
     """
 
     close_notify: bool = False
@@ -106,6 +105,8 @@ def _as_pem_path(path: str, data: bytes, label: str | None) -> Iterator[str]:
         finally:
             os.close(fd)
     else:  # pragma: no cover - non-Linux
+        import tempfile
+
         with tempfile.NamedTemporaryFile("w", suffix=".pem") as file:
             file.write(text)
             file.flush()
@@ -264,12 +265,12 @@ def valid_sni_name(name: str) -> bool:
     return all(label and "*" not in label for label in labels)
 
 
-@dataclass
 class SniTable:
     """Certificates by SNI name: exact names win over ``*.suffix`` ones."""
 
-    exact: dict[str, ssl.SSLContext] = field(default_factory=dict)
-    wildcard: dict[str, ssl.SSLContext] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.exact: dict[str, ssl.SSLContext] = {}
+        self.wildcard: dict[str, ssl.SSLContext] = {}
 
     def add(self, name: str, context: ssl.SSLContext) -> None:
         name = name.lower()

@@ -6,8 +6,7 @@ the command line is known to be good."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._errors import EXIT_USAGE, Fatal, UsageError
 from .._tlsconfig import TLSOptions
@@ -39,8 +38,7 @@ def tls_options(values: Mapping[str, Any], **overrides: Any) -> TLSOptions:
     )
 
 
-@dataclass(frozen=True)
-class WrapperArguments:
+class WrapperArguments(NamedTuple):
     """What s6-tlsc, s6-tlsd, s6-ucspitlsc and s6-ucspitlsd pass on."""
 
     prog: tuple[str, ...]

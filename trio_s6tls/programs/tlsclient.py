@@ -58,7 +58,6 @@ def tlsclient_tcp_options(values: dict[str, Any]) -> TcpClientOptions:
 def run(parsed: Parsed) -> int:
     from .._early_handshake import handshake_now, may_handshake_here, start_engine_import
 
-    importing = start_engine_import()  # behind the network's round trips
     host, port, prog = split_operands(parsed.operands)
     values = dict(parsed.values)
     tcp = tlsclient_tcp_options(values)
@@ -73,17 +72,20 @@ def run(parsed: Parsed) -> int:
     servername = values.get("servername", host if tcp.lookup_names else None)
     options = tls_options(values, verbosity=tcp.verbosity, servername=servername)
     context, identity = context_from_environment(os.environ, options, server_side=False)
+    # The handshake runs here, and then the engine child imports trio behind
+    # the tunnel's first bytes; where it may not, trio is imported behind the
+    # connect, in a thread.
+    may = may_handshake_here(context, identity, server_side=False)
+    importing = None if may else start_engine_import()
     fd, tcp_env = open_connection(host, port, tcp, Log(PROGRAM.name, tcp.verbosity))
     if servername is not None and "servername" not in values and ip_list(host) is not None:
         # An address list (a,b): C sends no SNI for it, as for one address;
         # the certificate is checked against the address connected to.
-        import dataclasses
 
-        options = dataclasses.replace(options, servername=tcp_env["TCPREMOTEIP"])
-    # The handshake runs here while trio is imported, where it may.
-    may = may_handshake_here(context, identity, server_side=False)
+        options = options._replace(servername=tcp_env["TCPREMOTEIP"])
     established = handshake_now(fd, context, options) if may else None
-    importing.join()  # no thread alive at the fork
+    if importing is not None:
+        importing.join()  # no thread alive at the fork
     return handshake_then_exec(
         prog,
         name=PROGRAM.name,
